@@ -1,0 +1,27 @@
+# t2i: download -> preprocess -> checkpoints -> train -> sample -> evaluate -> report.
+# Config is validated (JSON schema + cross references) before the DAG is built.
+from snakemake.utils import min_version
+
+from t2i.config import validate_config
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+config = validate_config(config)
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/checkpoints.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        "results/report/index.html",

@@ -1,0 +1,50 @@
+# System-specific preparation (e.g. cached text features) and the shared training loop.
+
+
+rule prepare:
+    input:
+        dataset=lambda wc: dataset_done(wf.experiment(config, wc.exp)["dataset"]),
+        text_encoder=lambda wc: text_encoder_dir(wc.exp),
+    output:
+        directory(f"{RESULTS}/{{exp}}/prepared"),
+    params:
+        cfg=lambda wc: wf.prepare_params(config, wc.exp),
+        exp=lambda wc: wf.experiment(config, wc.exp),
+        dataset_dir=lambda wc: dataset_dir_of(wc.exp),
+    log:
+        f"{RESULTS}/logs/{{exp}}/prepare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/prepare.tsv"
+    threads: exp_resource("cpus_per_task")
+    resources:
+        mem_mb=exp_resource("mem_mb"),
+        runtime=exp_resource("runtime"),
+        cpus_per_task=exp_resource("cpus_per_task"),
+        gpu=exp_resource("gpu", cap=1),
+    script:
+        "../workflow_scripts/prepare.py"
+
+
+rule train:
+    input:
+        prepared=f"{RESULTS}/{{exp}}/prepared",
+    output:
+        weights=f"{RESULTS}/{{exp}}/train/model.safetensors",
+        config=f"{RESULTS}/{{exp}}/train/model_config.json",
+    params:
+        cfg=lambda wc: wf.train_params(config, wc.exp),
+        exp=lambda wc: wf.experiment(config, wc.exp),
+        out_dir=lambda wc: f"{RESULTS}/{wc.exp}/train",
+        num_processes=lambda wc: max(1, wf.heavy_resources(config, wc.exp)["gpu"]),
+    log:
+        f"{RESULTS}/logs/{{exp}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/train.tsv"
+    threads: exp_resource("cpus_per_task")
+    resources:
+        mem_mb=exp_resource("mem_mb"),
+        runtime=exp_resource("runtime"),
+        cpus_per_task=exp_resource("cpus_per_task"),
+        gpu=exp_resource("gpu"),
+    script:
+        "../workflow_scripts/train.py"

@@ -1,0 +1,13 @@
+"""rule shapes_extractor -> t2i.eval.shapes_classifier.train_shapes_classifier."""
+from pathlib import Path
+
+from t2i.eval.shapes_classifier import train_shapes_classifier
+from t2i.utils.joblog import job_logging
+
+with job_logging(snakemake.log[0], f"shapes-cnn extractor {snakemake.wildcards.dataset}"):
+    train_shapes_classifier(
+        snakemake.params.dataset_dir,
+        Path(snakemake.output.weights).parent,
+        seed=snakemake.params.dataset["seed"],
+        image_size=snakemake.params.dataset["image_size"],
+    )
