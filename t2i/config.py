@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -104,20 +103,28 @@ def validate_config(config: dict) -> dict:
 
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    return load_merged_config(path)
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    """Merge ``extra`` into ``base`` the way Snakemake merges ``--configfile`` over ``configfile:``."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_merged_config(*paths: str | Path) -> dict:
+    """Read several YAML configs, later ones merged over earlier ones, then validate."""
+    raw: dict = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                _deep_update(raw, yaml.safe_load(f) or {})
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
     return validate_config(raw)
-
-
-def experiment_slice(config: dict, exp: str, *blocks: str) -> dict[str, Any]:
-    """The part of an experiment's config that a rule's output depends on."""
-    e = config["experiments"][exp]
-    return {b: e[b] for b in blocks}

@@ -1,0 +1,123 @@
+"""Build ``results/datasets/{name}/`` from its config block, whatever its kind.
+
+The dataset is built in a hidden temporary folder beside the final one; its parts
+(images/, captions/, prompts/, splits/, annotations.jsonl) are then moved into place
+and ``SHA256SUMS`` is written last, so a killed job never leaves a dataset that
+looks finished. Downloads are cached in ``.downloads/`` and resume after a kill.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import zipfile
+from pathlib import Path
+
+from t2i.checkpoints.hashing import write_sha256sums
+from t2i.utils.atomic import atomic_write_jsonl
+from t2i.utils.provenance import write_provenance
+
+log = logging.getLogger(__name__)
+
+PARTS = ("images", "captions", "prompts", "splits", "annotations.jsonl")
+
+
+def build_dataset(cfg: dict, out_dir: str | Path) -> Path:
+    """Produce the dataset described by ``cfg`` (a validated ``datasets.<name>`` block) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".build-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        BUILDERS[cfg["kind"]](cfg, tmp, out_dir / ".downloads")
+        _move_into_place(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_provenance(out_dir, cfg, seeds=cfg.get("seed"))
+    write_sha256sums(out_dir, include=PARTS)
+    return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    (out_dir / "SHA256SUMS").unlink(missing_ok=True)
+    for part in PARTS:
+        src, dst = tmp / part, out_dir / part
+        if not src.exists():
+            raise FileNotFoundError(f"dataset builder did not produce {part!r} in {tmp}")
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        os.replace(src, dst)
+
+
+def _build_shapes(cfg: dict, tmp: Path, downloads: Path) -> None:
+    from t2i.data.shapes import generate
+
+    generate(tmp, {k: v for k, v in cfg.items() if k != "kind"})
+
+
+def _build_coco(cfg: dict, tmp: Path, downloads: Path) -> None:
+    from t2i.data.coco import coco_captions_to_caption_dir
+    from t2i.data.download import download_url
+
+    ann_zip = download_url(cfg["annotations_url"], downloads / Path(cfg["annotations_url"]).name,
+                           sha256=cfg["annotations_sha256"])
+    img_zip = download_url(cfg["images_url"], downloads / Path(cfg["images_url"]).name, sha256=cfg["images_sha256"])
+    ann_dir = _extract(ann_zip, downloads / "annotations")
+    img_dir = _extract(img_zip, downloads / Path(cfg["images_url"]).stem)
+    train_images = _single_subdir(img_dir)
+    coco_captions_to_caption_dir(ann_dir / cfg["annotations_member"], train_images, tmp,
+                                 image_size=cfg["image_size"], max_images=cfg["max_images"], split="train")
+    if cfg["test_images_url"]:
+        test_zip = download_url(cfg["test_images_url"], downloads / Path(cfg["test_images_url"]).name)
+        test_images = _single_subdir(_extract(test_zip, downloads / Path(cfg["test_images_url"]).stem))
+        coco_captions_to_caption_dir(ann_dir / cfg["test_annotations_member"], test_images, tmp,
+                                     image_size=cfg["image_size"], max_images=cfg["num_test"], split="test",
+                                     prompts_out=tmp / "prompts" / "test.jsonl")
+
+
+def _build_caption_dir(cfg: dict, tmp: Path, downloads: Path) -> None:
+    from t2i.data.captions import list_caption_pairs
+    from t2i.data.images import load_rgb, save_png
+
+    pairs = list_caption_pairs(Path(cfg["path"]))
+    names = [name for name, _, _ in pairs]
+    rng = random.Random(cfg["seed"])
+    test = set(rng.sample(names, min(cfg["num_test"], len(names) - 1)))
+    rows, prompts = [], []
+    for name, image_path, caption in pairs:
+        save_png(load_rgb(image_path, cfg["image_size"]), tmp / "images" / f"{name}.png")
+        (tmp / "captions").mkdir(parents=True, exist_ok=True)
+        (tmp / "captions" / f"{name}.txt").write_text(caption + "\n", encoding="utf-8")
+        split = "test" if name in test else "train"
+        rows.append({"name": name, "split": split, "caption": caption})
+        if split == "test":
+            prompts.append({"id": name, "prompt": caption, "reference": name, "spec": None})
+    atomic_write_jsonl(tmp / "annotations.jsonl", rows)
+    atomic_write_jsonl(tmp / "prompts" / "test.jsonl", prompts)
+    for split in ("train", "test"):
+        (tmp / "splits").mkdir(parents=True, exist_ok=True)
+        (tmp / "splits" / f"{split}.txt").write_text("".join(r["name"] + "\n" for r in rows if r["split"] == split))
+
+
+def _extract(zip_path: Path, dest: Path) -> Path:
+    """Unzip once (a ``.complete`` marker makes a killed extraction start over)."""
+    marker = dest / ".complete"
+    if not marker.exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        log.info("extracting %s", zip_path)
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(dest)
+        marker.touch()
+    return dest
+
+
+def _single_subdir(path: Path) -> Path:
+    """COCO zips hold one top folder (train2014/); return it, or ``path`` if there is none."""
+    subdirs = [p for p in path.iterdir() if p.is_dir()]
+    return subdirs[0] if len(subdirs) == 1 else path
+
+
+BUILDERS = {"shapes": _build_shapes, "coco": _build_coco, "caption_dir": _build_caption_dir}

@@ -1,0 +1,42 @@
+"""Image file helpers shared by the dataset builders and samplers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from t2i.utils.atomic import atomic_path
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """Center-crop to a square, then resize to ``size`` (bicubic)."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    return img if side == size else img.resize((size, size), Image.BICUBIC)
+
+
+def load_rgb(path: str | Path, size: int | None = None) -> Image.Image:
+    """Open an image as RGB, optionally center-cropped and resized to ``size``."""
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return center_crop_resize(img, size) if size else img
+
+
+def save_png(img: Image.Image | np.ndarray, path: str | Path) -> None:
+    """Write a PNG atomically (deterministic bytes for the same pixels)."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def tensor_to_uint8(x) -> np.ndarray:
+    """A CHW or NCHW tensor in [-1, 1] -> HWC / NHWC uint8 array."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
+    return np.moveaxis(x, -3, -1)
