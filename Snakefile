@@ -3,8 +3,10 @@
 from snakemake.utils import min_version
 
 from t2i.config import validate_config
+from t2i.workflow import expose_library
 
 min_version("8.20")
+expose_library(workflow.basedir)
 
 
 configfile: "config.yaml"

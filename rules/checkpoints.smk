@@ -16,6 +16,8 @@ rule pretrained:
         mem_mb=4000,
         runtime=240,
         gpu=0,
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/assemble_asset.py"
 
@@ -38,5 +40,7 @@ rule shapes_extractor:
         mem_mb=4000,
         runtime=30,
         gpu=0,
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/train_shapes_extractor.py"

@@ -45,3 +45,12 @@ def exp_resource(key, cap=None):
         return min(value, cap) if cap is not None else value
 
     return get
+
+
+def report_inputs(wildcards):
+    files = []
+    for exp in RUN:
+        files.append(f"{RESULTS}/{exp}/train/model.safetensors")
+        files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
+        files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]
+    return files

@@ -21,5 +21,7 @@ rule dataset:
         mem_mb=8000,
         runtime=240,
         gpu=0,
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/build_dataset.py"

@@ -22,6 +22,8 @@ rule reference_stats:
         mem_mb=4000,
         runtime=60,
         gpu=0,
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/reference_stats.py"
 
@@ -49,5 +51,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=60,
         gpu=0,
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/evaluate.py"

@@ -24,5 +24,7 @@ rule sample:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu", cap=1),
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/sample.py"

@@ -21,6 +21,8 @@ rule prepare:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu", cap=1),
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/prepare.py"
 
@@ -46,5 +48,7 @@ rule train:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu"),
+    conda:
+        "../envs/t2i.yaml"
     script:
         "../workflow_scripts/train.py"

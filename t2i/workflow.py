@@ -6,7 +6,14 @@ what a config edit reruns.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
+
+def expose_library(basedir: str) -> None:
+    """Put the workflow's source tree on jobs' PYTHONPATH, so any job environment imports this t2i."""
+    paths = [basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != basedir]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
 
 
 def experiment(config: dict, name: str) -> dict:
