@@ -29,7 +29,8 @@ rule shapes_extractor:
         weights=f"{RESULTS}/datasets/{{dataset}}/extractors/shapes-cnn/model.safetensors",
         config=f"{RESULTS}/datasets/{{dataset}}/extractors/shapes-cnn/config.json",
     params:
-        dataset=lambda wc: wf.dataset_config(config, wc.dataset),
+        cfg=config["extractors"]["shapes-cnn"],
+        image_size=lambda wc: wf.dataset_config(config, wc.dataset)["image_size"],
         dataset_dir=lambda wc: f"{RESULTS}/datasets/{wc.dataset}",
     log:
         f"{RESULTS}/logs/extractor/{{dataset}}.log",

@@ -47,6 +47,12 @@ def exp_resource(key, cap=None):
     return get
 
 
+def clip_files(exp):
+    """The CLIP model folder for CLIP score, if the experiment asks for one."""
+    asset = wf.experiment(config, exp)["evaluate"]["clip_asset"]
+    return [f"{RESULTS}/pretrained/{asset}"] if asset else []
+
+
 def report_inputs(wildcards):
     files = []
     for exp in RUN:

@@ -36,6 +36,7 @@ rule evaluate:
             f"{wf.experiment(config, wc.exp)['evaluate']['extractor']}/{wc.prompt_set}.npz"
         ),
         extractor=lambda wc: extractor_files(wc.exp),
+        clip=lambda wc: clip_files(wc.exp),
     output:
         f"{RESULTS}/{{exp}}/metrics/{{prompt_set}}.json",
     params:

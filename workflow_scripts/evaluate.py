@@ -12,4 +12,5 @@ with job_logging(snakemake.log[0], f"evaluate {exp['name']}/{snakemake.wildcards
         reference_stats=snakemake.input.reference,
         extractor_path=snakemake.input.extractor[0],
         out_path=snakemake.output[0],
+        clip_dir=snakemake.input.clip[0] if snakemake.input.clip else None,
     )

@@ -8,6 +8,7 @@ with job_logging(snakemake.log[0], f"shapes-cnn extractor {snakemake.wildcards.d
     train_shapes_classifier(
         snakemake.params.dataset_dir,
         Path(snakemake.output.weights).parent,
-        seed=snakemake.params.dataset["seed"],
-        image_size=snakemake.params.dataset["image_size"],
+        seed=snakemake.params.cfg["seed"],
+        steps=snakemake.params.cfg["steps"],
+        image_size=snakemake.params.image_size,
     )
