@@ -1,0 +1,114 @@
+"""Run the default experiment end to end and print wall time per stage and the Shapes accuracies.
+
+    .venv/bin/python benchmarks/shapes_default.py [--configfile extra.yaml] [--cores 2] [--keep]
+
+Runs ``snakemake`` in a fresh working directory (so every stage really runs), reads the
+per-job benchmark files that the rules write, then scores the trained experiment against
+the same network untrained (randomly initialised, same seed, same sampler) on the
+single-object prompts of the ``test`` set.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+SHARED_STAGES = {"dataset", "pretrained", "extractor", "reference_stats"}  # results/benchmarks/{stage}/*.tsv
+
+
+def stage_times(results: Path) -> dict[str, float]:
+    """Seconds per stage, summed over its jobs, from Snakemake's ``benchmark:`` files."""
+    times: dict[str, float] = defaultdict(float)
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        # per-experiment jobs write results/benchmarks/{exp}/{rule}[_{prompt_set}].tsv
+        stage = tsv.parent.name if tsv.parent.name in SHARED_STAGES else tsv.stem.split("_")[0]
+        with open(tsv) as f:
+            times[stage] += float(next(csv.DictReader(f, delimiter="\t"))["s"])
+    return dict(times)
+
+
+def untrained_accuracy(workdir: Path, exp_name: str) -> dict:
+    """Sample the test prompts with the untrained network and score them like the evaluate rule does."""
+    import torch
+    from safetensors.torch import save_file
+
+    from t2i.config import load_config
+    from t2i.eval.shapes import score_folder
+    from t2i.models.jit import JiT
+    from t2i.systems import get_system
+    from t2i.utils.atomic import read_jsonl
+    from t2i.workflow import experiment
+
+    config = load_config(workdir / "config.yaml")
+    exp = experiment(config, exp_name)
+    results = workdir / "results"
+    trained = results / exp_name / "train"
+    ckpt = workdir / "untrained"
+    ckpt.mkdir(exist_ok=True)
+    shutil.copy(trained / "model_config.json", ckpt / "model_config.json")
+    meta = json.loads((trained / "model_config.json").read_text())
+    torch.manual_seed(exp["train"]["seed"])
+    save_file(JiT.from_config(meta["network"]).state_dict(), str(ckpt / "model.safetensors"))
+    dataset_dir = results / "datasets" / exp["dataset"]
+    prompts = read_jsonl(dataset_dir / "prompts" / "test.jsonl")
+    out = workdir / "untrained_samples"
+    out.mkdir(exist_ok=True)
+    get_system(exp["system"]).sample(exp, ckpt, results / "pretrained" / exp["text_encoder"]["asset"], prompts, out)
+    return score_folder(out, dataset_dir / "prompts" / "test.jsonl")["aggregate"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configfile", help="config merged over config.yaml")
+    parser.add_argument("--cores", default="all")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="t2i-bench-"))
+    shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--cores", args.cores]
+    if args.configfile:
+        cmd += ["--configfile", str(Path(args.configfile).resolve())]
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    total = time.time() - start
+
+    from t2i.config import load_merged_config
+
+    config = load_merged_config(*(p for p in (workdir / "config.yaml", args.configfile) if p))
+    print(f"\nwhole workflow: {total:.1f} s wall ({args.cores} cores)")
+    for rule, seconds in sorted(stage_times(workdir / "results").items(), key=lambda kv: -kv[1]):
+        print(f"  {rule:<18} {seconds:8.1f} s")
+    for exp_name in config["run"]:
+        exp = config["experiments"][exp_name]
+        for ps in exp["sample"]["prompt_sets"]:
+            m = json.loads((workdir / "results" / exp_name / "metrics" / f"{ps}.json").read_text())
+            shapes, fid = m.get("shapes", {}), m["fidelity"]
+            print(f"\n{exp_name} / {ps}: prompt_acc {shapes.get('prompt_acc', float('nan')):.3f}  "
+                  f"object_acc {shapes.get('object_acc', float('nan')):.3f}  FID {fid.get('fid', float('nan')):.2f}  "
+                  f"IS {fid.get('isc_mean', float('nan')):.2f}")
+            for kind, v in shapes.get("by_type", {}).items():
+                print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
+        base = untrained_accuracy(workdir, exp_name)
+        single = base.get("by_type", {}).get("single", {})
+        print(f"{exp_name} untrained / test: prompt_acc {base['prompt_acc']:.3f}  object_acc {base['object_acc']:.3f}  "
+              f"single-object prompt_acc {single.get('prompt_acc', float('nan')):.3f}")
+    if args.keep:
+        print(f"\nworking directory kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
