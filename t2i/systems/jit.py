@@ -86,6 +86,7 @@ class JiTSystem:
         prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
         manifest = json.loads((prepared_dir / MANIFEST).read_text())
         m = exp["model"]
+        torch.manual_seed(exp["train"]["seed"])  # initial weights are part of what the seed fixes
         model = jit_from_preset(m["preset"], input_size=manifest["image_size"], text_dim=manifest["text_dim"],
                                 proj_dropout=m["proj_dropout"], **m["overrides"])
         dataset = _CachedTextDataset(prepared_dir)

@@ -1,0 +1,177 @@
+"""What makes a training run resumable: the data order as a function of the step, the
+on-disk state (``out_dir/state/``), its fingerprint, and signal handling.
+
+``state/`` holds accelerate's ``save_state`` (model, optimizer, every process's RNG,
+the registered EMA) plus ``train_log.jsonl`` (the log rows up to the saved step) and
+``meta.json`` (step, fingerprint, the fingerprinted config). It is written to
+``.state.tmp`` and swapped in by renames, so ``state/`` is always a complete state.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+
+from t2i.utils.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
+from t2i.utils.provenance import config_hash
+
+log = get_logger(__name__)
+
+STATE = "state"
+META = "meta.json"
+LOG_ROWS = "train_log.jsonl"
+_TMP, _OLD = ".state.tmp", ".state.old"
+
+# Train keys that may change without invalidating a saved state.
+RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers")
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """This process's share of the global batch of every step in ``[start, stop)``.
+
+    The batch of step ``s`` is a pure function of ``s`` (and the seed), so resuming at
+    step ``k`` is starting the sampler at ``k``. Epoch ``e`` visits the dataset in a
+    permutation drawn from ``(seed, e)`` and yields ``n // global_batch`` batches (the
+    remainder is dropped); process ``rank`` takes slice ``rank`` of each global batch.
+    """
+
+    def __init__(self, dataset_size: int, global_batch: int, *, rank: int, world: int, seed: int,
+                 start: int, stop: int):
+        if global_batch % world:
+            raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the number of processes ({world})")
+        if global_batch > dataset_size:
+            raise ValueError(f"train.batch_size ({global_batch}) is larger than the dataset ({dataset_size} items)")
+        self.n, self.global_batch, self.seed = dataset_size, global_batch, seed
+        self.local_batch = global_batch // world
+        self.offset = rank * self.local_batch
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_epoch = self.n // self.global_batch
+        epoch, order = None, None
+        for step in range(self.start, self.stop):
+            e, i = divmod(step, per_epoch)
+            if e != epoch:
+                epoch, order = e, np.random.default_rng([self.seed, e]).permutation(self.n)
+            first = i * self.global_batch + self.offset
+            yield order[first:first + self.local_batch].tolist()
+
+
+def identity(cfg: dict, fingerprint: Any) -> dict:
+    """What a saved state must match to be resumed: the train config minus ``RESUMABLE_KEYS``,
+    plus the caller's fingerprint (model config, dataset identity), JSON-normalised."""
+    train = {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
+    # As it reads back from meta.json (tuples -> lists, paths -> strings), so the two compare.
+    return json.loads(json.dumps({"train": train, "caller": fingerprint}, sort_keys=True, default=str))
+
+
+def _why_different(saved: dict, current: dict) -> str:
+    old, new = saved.get("train", {}), current["train"]
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        return "train config changed (" + ", ".join(changed) + ")"
+    return "model/data fingerprint changed"
+
+
+class StateDir:
+    """``out_dir/state/``: save, load, discard; every method is called by all processes."""
+
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / STATE
+        self.acc = accelerator
+
+    def _recover(self) -> None:
+        """Finish a swap that a kill interrupted (keep the newest complete copy), drop leftovers."""
+        tmp, old = self.out_dir / _TMP, self.out_dir / _OLD
+        if not self.path.exists():
+            for candidate in (tmp, old):
+                if (candidate / META).exists():
+                    os.replace(candidate, self.path)
+                    break
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, ident: dict, steps: int) -> tuple[int, list[dict]]:
+        """Load the saved state if its fingerprint matches ``ident``; else discard it.
+
+        Returns ``(step, log rows)`` to continue from; ``(0, [])`` for a fresh start.
+        """
+        if self.acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._recover()
+        self.acc.wait_for_everyone()
+        meta_path = self.path / META
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
+        self.acc.wait_for_everyone()  # every process has read meta.json before anyone changes state/
+        if meta is None:
+            log.info(f"starting fresh: no saved state in {self.path}")
+            return 0, []
+        if meta["fingerprint"] != config_hash(ident):
+            log.warning(f"starting fresh: {_why_different(meta['identity'], ident)}; "
+                     f"discarding the saved state (step {meta['step']})")
+            self.discard()
+            return 0, []
+        try:
+            self.acc.load_state(str(self.path))
+        except Exception as e:
+            raise RuntimeError(f"{self.path} matches this run's fingerprint but cannot be loaded ({e}); "
+                               "delete it to start fresh") from e
+        step = meta["step"]
+        if step > steps:
+            log.warning(f"the saved state is at step {step}, past train.steps={steps}: its weights are the "
+                        f"final ones (delete {self.path} to retrain to exactly {steps} steps)")
+        log.info(f"resuming at step {step}")
+        return step, read_jsonl(self.path / LOG_ROWS)
+
+    def save(self, step: int, ident: dict, log_rows: list[dict]) -> None:
+        """Write the state at ``step`` to a temporary directory, then swap it in."""
+        tmp, old = self.out_dir / _TMP, self.out_dir / _OLD
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()  # every process has written its RNG state
+        if self.acc.is_main_process:
+            atomic_write_jsonl(tmp / LOG_ROWS, log_rows)
+            atomic_write_json(tmp / META, {"step": step, "fingerprint": config_hash(ident), "identity": ident,
+                                           "num_processes": self.acc.num_processes, "saved_at": time.time()})
+            if self.path.exists():
+                os.replace(self.path, old)
+            os.replace(tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def discard(self) -> None:
+        if self.acc.is_main_process:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def handle_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Route SIGTERM and SIGINT to ``handler`` for the duration (a no-op outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
