@@ -11,7 +11,10 @@ import re
 from typing import Any
 
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")
-_SECRET_KEY = re.compile(r"(token|secret|password|api[_-]?key|passwd)", re.IGNORECASE)
+# Keys whose last word names a secret: HF_TOKEN, access_token, OPENAI_API_KEY, Authorization
+# (but not num_tokens, token_length or max_tokens, which are configuration).
+_SECRET_KEY = re.compile(r"(^|[_.-])(token|secret|password|passwd|authorization|api[_-]?key|access[_-]?key)$",
+                         re.IGNORECASE)
 # Token shapes that must never be written even if they did not come from our env vars.
 _TOKEN_PATTERNS = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,})\b")
 MASK = "***"

@@ -1,0 +1,1 @@
+"""Pretrained assets: assembly (``assemble``), hashing (``hashing``) and safe loading (``safe_load``)."""

@@ -1,0 +1,221 @@
+"""``results/pretrained/{asset}/``: fetch or assemble one pretrained asset from its config block.
+
+Sources (``pretrained.<name>.source``):
+
+- ``url``: one file (``url``, ``sha256``, optional ``filename`` and ``size``);
+- ``chunks``: ``parts`` (a list of ``{url, sha256}``) concatenated into ``filename`` and
+  checked against the whole file's ``sha256`` (LayoutLLM's GLIGEN checkpoint);
+- ``huggingface``: a Hub snapshot (``repo_id``, ``revision``, ``repo_type``, ``allow_patterns``);
+- ``python_package``: a folder (``subdir``) shipped inside an installed package (``package``);
+- ``local``: a file or folder on this machine (``path``), copied, or symlinked with ``link: true``.
+
+The asset is built in a temporary folder that replaces ``out_dir`` only when complete
+(with ``SHA256SUMS`` and ``provenance.json``). Downloads go to ``{out_dir}.download/``
+first, which survives a killed job so that the rerun resumes, and is removed on success.
+Pickle checkpoints that would need full unpickling are refused here already unless the
+asset sets ``trust_pickle: true``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from t2i.checkpoints.hashing import sha256_file, write_sha256sums
+from t2i.checkpoints.safe_load import PICKLE_SUFFIXES, UnsafeCheckpointError, load_state_dict
+from t2i.data.download import DownloadError, download_url
+from t2i.data.hf import HubDownloadError, snapshot
+from t2i.utils.atomic import atomic_dir
+from t2i.utils.provenance import write_provenance
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class AssetError(RuntimeError):
+    """An asset that cannot be built; the message starts with its config key."""
+
+
+class _Asset:
+    """Config look-ups that name the offending key in their errors."""
+
+    def __init__(self, name: str, cfg: dict):
+        self.name, self.cfg = name, cfg
+
+    def key(self, *parts: str | int) -> str:
+        return f"pretrained.{self.name}" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+    def error(self, message: str, *parts: str | int) -> AssetError:
+        return AssetError(f"{self.key(*parts)}: {message}")
+
+    def require(self, field: str, kind: type | tuple[type, ...] = str) -> Any:
+        value = self.cfg.get(field)
+        if value is None:
+            raise self.error(f"required for source {self.cfg['source']!r}", field)
+        if not isinstance(value, kind):
+            raise self.error(f"expected {getattr(kind, '__name__', kind)}, got {value!r}", field)
+        return value
+
+    def sha256(self, value: Any, *parts: str | int) -> str | None:
+        if value is not None and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            raise self.error(f"not a SHA-256 hex digest: {value!r}", *parts)
+        return value.lower() if value else None
+
+
+def assemble_asset(name: str, cfg: dict, out_dir: str | os.PathLike) -> Path:
+    """Build ``out_dir`` for asset ``name`` from its validated config block; return ``out_dir``."""
+    out_dir = Path(out_dir)
+    asset = _Asset(name, cfg)
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise asset.error(f"unknown source {source!r} (one of {', '.join(SOURCES)})", "source")
+    staging = out_dir.with_name(out_dir.name + ".download")
+    with atomic_dir(out_dir) as tmp:
+        details = SOURCES[source](asset, tmp, staging)
+        if not cfg.get("trust_pickle", False):
+            _refuse_unsafe_pickles(asset, tmp)
+        write_sha256sums(tmp)
+        write_provenance(tmp, cfg, extra={"asset": name, "source": details})
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("%s: assembled in %s", asset.key(), out_dir)
+    return out_dir
+
+
+def _from_url(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    url = asset.require("url")
+    filename = asset.cfg.get("filename") or _url_filename(url)
+    if not filename:
+        raise asset.error(f"no file name in {url!r}; set `filename`", "filename")
+    sha256 = asset.sha256(asset.cfg.get("sha256"), "sha256")
+    try:
+        path = download_url(url, staging / filename, sha256=sha256, size=asset.cfg.get("size"))
+    except DownloadError as e:
+        raise asset.error(str(e), "url") from None
+    if sha256 is None:
+        log.warning("%s: no sha256 configured, so the download is not verified", asset.key())
+    _place(path, tmp / filename)
+    return {"url": url, "filename": filename}
+
+
+def _from_chunks(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    parts = asset.require("parts", list)
+    filename = asset.require("filename")
+    expected = asset.sha256(asset.cfg.get("sha256"), "sha256")
+    chunks, verified = [], []
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("url"), str):
+            raise asset.error("expected a mapping with a 'url'", "parts", i)
+        part_sha256 = asset.sha256(part.get("sha256"), "parts", i, "sha256")
+        key = part_sha256[:16] if part_sha256 else f"part{i:03d}"  # verified parts survive a reordering
+        try:
+            chunks.append(download_url(part["url"], staging / f"{key}-{_url_filename(part['url'])}",
+                                       sha256=part_sha256))
+        except DownloadError as e:
+            raise asset.error(str(e), "parts", i, "url") from None
+        verified.append(part_sha256 is not None)
+    target = tmp / filename
+    with open(target, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+    actual = sha256_file(target)
+    if expected is not None and actual != expected:
+        target.unlink()
+        for chunk, ok in zip(chunks, verified):
+            if not ok:  # it may be the wrong one: fetch it again next time
+                chunk.unlink()
+        raise asset.error(f"the {len(chunks)} concatenated parts do not match: expected sha256 {expected}, "
+                          f"got {actual}; check the order of `parts`", "sha256")
+    return {"parts": [p["url"] for p in parts], "filename": filename, "sha256": actual}
+
+
+def _from_huggingface(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    repo_id = asset.require("repo_id")
+    revision = asset.cfg.get("revision")
+    try:
+        folder = snapshot(repo_id, staging, revision=revision, repo_type=asset.cfg.get("repo_type", "model"),
+                          allow_patterns=asset.cfg.get("allow_patterns"))
+    except HubDownloadError as e:
+        raise asset.error(str(e), "repo_id") from None
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and rel.parts[0] != ".cache":  # huggingface_hub's resume metadata stays behind
+            _place(path, tmp / rel)
+    return {"repo_id": repo_id, "revision": revision or "main"}
+
+
+def _from_python_package(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    package = asset.require("package")
+    subdir = asset.cfg.get("subdir") or ""
+    try:
+        spec = importlib.util.find_spec(package)  # locates without running the package's code
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise asset.error(f"no installed package {package!r} (pip install it into this environment)", "package")
+    src = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not src.is_dir():
+        raise asset.error(f"{src} is not a folder inside package {package!r}", "subdir")
+    shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    dists = importlib.metadata.packages_distributions().get(package, [])
+    versions = {d: importlib.metadata.version(d) for d in dists}
+    return {"package": package, "subdir": subdir, "distributions": versions}
+
+
+def _from_local(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    src = Path(asset.require("path")).expanduser().resolve()
+    if not src.exists():
+        raise asset.error(f"{src} does not exist", "path")
+    link = bool(asset.cfg.get("link", False))
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    for f in files:
+        dst = tmp / (f.name if f == src else f.relative_to(src))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            dst.symlink_to(f)
+        else:
+            shutil.copy2(f, dst)
+    return {"path": str(src), "link": link}
+
+
+def _url_filename(url: str) -> str:
+    return url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link a downloaded file into the asset (a copy where links are not possible).
+
+    The download stays in staging until the whole asset succeeds, so a failure after
+    the download (an unsafe pickle, say) costs no second download.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _refuse_unsafe_pickles(asset: _Asset, folder: Path) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()):
+        rel = path.relative_to(folder)
+        try:
+            load_state_dict(path, mmap=True)
+        except UnsafeCheckpointError as e:
+            raise asset.error(f"{rel}: {str(e).split(': ', 1)[1]}", "trust_pickle") from None
+        except Exception as e:  # noqa: BLE001 - not every .bin is a torch file
+            log.warning("%s: %s is not a readable torch checkpoint (%s); not checked", asset.key(), rel, e)
+
+
+SOURCES: dict[str, Callable[[_Asset, Path, Path], dict]] = {
+    "url": _from_url,
+    "chunks": _from_chunks,
+    "huggingface": _from_huggingface,
+    "python_package": _from_python_package,
+    "local": _from_local,
+}
