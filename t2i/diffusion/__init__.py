@@ -1,0 +1,1 @@
+"""Diffusion / flow-matching math (losses, time distributions, samplers): pure functions, no weights."""

@@ -1,0 +1,1 @@
+"""Frozen text encoders that turn captions into pooled feature vectors."""
