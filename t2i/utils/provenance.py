@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -46,8 +47,14 @@ def git_commit(repo_dir: Path | None = None) -> str | None:
     return res.stdout.strip() or None
 
 
+SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES", "SLURM_CPUS_PER_TASK")
+
+
 def device_info() -> dict[str, Any]:
     info: dict[str, Any] = {"host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0]}
+    scheduler = {k: os.environ[k] for k in SCHEDULER_ENV if k in os.environ}
+    if scheduler:
+        info["scheduler"] = scheduler
     try:
         import torch
         info["cuda"] = torch.cuda.is_available()
