@@ -1,0 +1,191 @@
+"""Fidelity metrics: identical to torch_fidelity.calculate_metrics, and meaningful on Shapes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch_fidelity
+import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from PIL import Image
+
+from t2i.data.shapes import generate
+from t2i.eval import extractors, fidelity
+from t2i.eval.shapes_classifier import train_shapes_classifier
+
+ALL = dict(fid=True, kid=True, isc=True, prc=True)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    generate(out, {"seed": 1, "image_size": 32, "num_train": 400, "num_test": 50, "max_objects": 3,
+                   "holdout_pairs": ["red triangle"], "num_holdout": 50})
+    return out
+
+
+def split_folders(images: list[Path], root: Path) -> tuple[Path, Path]:
+    """Copy alternate images into root/a (the 'samples', with an index.jsonl) and root/b (the reference)."""
+    a, b = root / "a", root / "b"
+    a.mkdir(parents=True)
+    b.mkdir()
+    for i, p in enumerate(images):
+        shutil.copy(p, (a if i % 2 else b) / p.name)
+    rows = [{"id": i, "prompt": "x", "seed": i, "file": p.name} for i, p in enumerate(sorted(a.glob("*.png")))]
+    (a / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return a, b
+
+
+def assert_same_as_torch_fidelity(ours: dict, theirs: dict) -> None:
+    for key, tf_key in fidelity.TORCH_FIDELITY_KEYS.items():
+        assert ours[key] == pytest.approx(theirs[tf_key], rel=1e-3, abs=1e-7), key
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory) -> Path:
+    """torch-fidelity's InceptionV3 with random weights, saved where the download rule would put the real ones."""
+    cls = tf_inception.FeatureExtractorInceptionV3
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as m:  # build the architecture without loading any weights
+        m.setattr(cls, "load_state_dict", lambda self, state_dict: None)
+        m.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+        m.setattr(tf_inception.torch, "load", lambda *a, **k: None)
+        net = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    for module in net.modules():  # keep activations O(1) through the depth
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    out = tmp_path_factory.mktemp("pretrained") / "inception"
+    out.mkdir()
+    torch.save(net.state_dict(), out / extractors.INCEPTION_FILENAME)
+    return out
+
+
+def test_inception_metrics_equal_torch_fidelity(shapes, random_inception, tmp_path):
+    # Inception runs at 299 px whatever the input size: a dozen images a side keeps this test short on a CPU
+    samples, reference = split_folders(sorted((shapes / "images").glob("*.png"))[:24], tmp_path)
+    fe = extractors.create_extractor("inception-v3-compat", random_inception)
+    meta = fidelity.reference_stats(reference, fe, tmp_path / "ref.npz", batch_size=6)
+    assert meta["num_images"] == 12 and meta["extractor"] == "inception-v3-compat"
+    ours = fidelity.compute(samples, tmp_path / "ref.npz", fe, batch_size=6, kid_subset_size=6, device="cpu")
+
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(samples), input2=str(reference), **ALL, cuda=False, batch_size=6, kid_subset_size=6,
+        feature_extractor="inception-v3-compat", verbose=False, save_cpu_ram=True,
+        feature_extractor_weights_path=str(random_inception / extractors.INCEPTION_FILENAME))
+    assert_same_as_torch_fidelity(ours, theirs)
+    assert ours["fid"] > 0.01 and ours["num_samples"] == 12 and ours["num_reference"] == 12
+    assert ours["kid_subset_size"] == 6 and ours["feature_layers"]["fid"] == "2048"
+
+
+@pytest.fixture(scope="module")
+def shapes_cnn(shapes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cnn")
+    train_shapes_classifier(shapes, out, seed=0, steps=200)
+    return out / "model.safetensors"
+
+
+def test_shapes_cnn_metrics_equal_torch_fidelity(shapes, shapes_cnn, tmp_path):
+    samples, reference = split_folders(sorted((shapes / "images").glob("*.png"))[:300], tmp_path)
+    fe = extractors.create_extractor("shapes-cnn", shapes_cnn)
+    fidelity.reference_stats(reference, fe, tmp_path / "ref.npz", batch_size=64)
+    ours = fidelity.compute(samples, tmp_path / "ref.npz", fe, kid_subset_size=100, num_workers=2)
+    theirs = torch_fidelity.calculate_metrics(  # by its registered name
+        input1=str(samples), input2=str(reference), **ALL, cuda=False, kid_subset_size=100, verbose=False,
+        feature_extractor="shapes-cnn", feature_extractor_weights_path=str(shapes_cnn), save_cpu_ram=True)
+    assert_same_as_torch_fidelity(ours, theirs)
+    assert ours["isc_mean"] > 2  # confident, varied class logits: IS and its splits are a real comparison
+    assert 0 < ours["kid_std"] and ours["kid_subset_size"] == 100
+
+
+def test_fid_separates_ground_truth_from_noise(shapes, shapes_cnn, tmp_path):
+    images = sorted((shapes / "images").glob("*.png"))
+    half_a, half_b = split_folders(images, tmp_path / "gt")
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(250):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise / f"{i:05d}.png")
+
+    fe = extractors.create_extractor("shapes-cnn", shapes_cnn)
+    fidelity.reference_stats(half_b, fe, tmp_path / "ref.npz")
+    same = fidelity.compute(half_a, tmp_path / "ref.npz", fe, metrics=("fid", "kid", "prc"))
+    other = fidelity.compute(noise, tmp_path / "ref.npz", fe, metrics=("fid", "kid", "prc"))
+    assert same["fid"] * 20 < other["fid"]
+    assert abs(same["kid_mean"]) * 20 < other["kid_mean"]
+    assert same["precision"] > 0.5 > other["precision"]
+    assert "isc_mean" not in same
+
+
+def test_reference_stats_are_tied_to_their_extractor(shapes, shapes_cnn, random_inception, tmp_path):
+    samples, reference = split_folders(sorted((shapes / "images").glob("*.png"))[:40], tmp_path)
+    fidelity.reference_stats(reference, extractors.create_extractor("shapes-cnn", shapes_cnn), tmp_path / "ref.npz")
+    inception = extractors.create_extractor("inception-v3-compat", random_inception)
+    with pytest.raises(ValueError, match="computed with extractor shapes-cnn, not inception-v3-compat"):
+        fidelity.compute(samples, tmp_path / "ref.npz", inception)
+
+    other_weights = tmp_path / "other" / "model.safetensors"
+    train_shapes_classifier(shapes, other_weights.parent, seed=1, steps=2)
+    with pytest.raises(ValueError, match="other shapes-cnn weights"):
+        fidelity.compute(samples, tmp_path / "ref.npz", extractors.create_extractor("shapes-cnn", other_weights))
+    with pytest.raises(FileNotFoundError, match="reference statistics not found"):
+        fidelity.compute(samples, tmp_path / "missing.npz", inception)
+
+
+def test_samples_come_from_the_index(shapes, tmp_path):
+    samples, _ = split_folders(sorted((shapes / "images").glob("*.png"))[:10], tmp_path)
+    listed = sorted(samples.glob("*.png"))
+    shutil.copy(listed[0], samples / "stray.png")
+    assert fidelity.sample_files(samples) == listed
+    listed[1].unlink()
+    with pytest.raises(FileNotFoundError, match=listed[1].name):
+        fidelity.sample_files(samples)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A random CLIP saved with save_pretrained, with a real CLIP byte-level BPE tokenizer (no merges)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **tiny),
+        vision_config=dict(image_size=32, patch_size=8, **tiny), projection_dim=16)
+    torch.manual_seed(2)  # a seed whose image/prompt cosines are positive, so the clamp at 0 hides nothing
+    out = tmp_path_factory.mktemp("clip")
+    CLIPModel(config).save_pretrained(out)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def test_clip_score_pairs_each_image_with_its_prompt(shapes, tiny_clip, tmp_path):
+    from t2i.eval.clip_score import clip_score_folder, load_clip
+
+    prompts = ["a red circle", "two blue squares", "a green triangle left of a cyan circle", "a yellow square"]
+    rows = [{"id": i, "prompt": p, "seed": i, "file": f"{i:05d}.png"} for i, p in enumerate(prompts)]
+    for r, image in zip(rows, sorted((shapes / "images").glob("*.png"))):
+        shutil.copy(image, tmp_path / r["file"])
+    (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    result = clip_score_folder(tmp_path, tiny_clip, batch_size=3, device="cpu")  # 2 batches: pairing across them
+    model, processor = load_clip(tiny_clip)
+    expected = []
+    with torch.no_grad():
+        for r in rows:
+            out = model(**processor(text=[r["prompt"]], images=[Image.open(tmp_path / r["file"])], return_tensors="pt"))
+            expected.append(100 * max(torch.cosine_similarity(out.image_embeds, out.text_embeds).item(), 0))
+    assert result["num_images"] == 4 and len(set(expected)) == 4 and max(expected) > 0, expected
+    assert result["clip_score"] == pytest.approx(np.mean(expected), abs=1e-3)
+    assert result["clip_score_std"] == pytest.approx(np.std(expected), abs=1e-3)
+
+    with pytest.raises(FileNotFoundError, match="CLIP model not found"):
+        clip_score_folder(tmp_path, tmp_path / "nowhere")
