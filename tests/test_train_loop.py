@@ -136,3 +136,14 @@ def test_same_seed_is_bit_identical_and_seed_matters(trained, tmp_path):
     train(tmp_path / "other", seed=1)
     assert not torch.equal(load_file(out / "raw.safetensors")["0.weight"],
                            load_file(tmp_path / "other" / "raw.safetensors")["0.weight"])
+
+
+def test_resume_state_needs_no_unpickling(trained):
+    """Resuming unpickles nothing: the EMA is safetensors, accelerate's files load weights-only."""
+    from accelerate.utils.other import load as accelerate_load  # what load_state uses: weights_only=True
+
+    state = trained[0] / "state"
+    assert (state / "extra.safetensors").is_file() and not list(state.glob("custom_checkpoint_*"))
+    for path in state.glob("*"):
+        if path.suffix in (".bin", ".pkl"):
+            accelerate_load(path, weights_only=True)

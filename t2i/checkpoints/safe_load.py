@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 # How torch's weights-only unpickler words a refused object (as opposed to a damaged file).
 _REFUSED_OBJECT = re.compile(r"GLOBAL \S+|allowlisted")
 

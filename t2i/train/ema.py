@@ -10,7 +10,7 @@ class EMA:
     Tracks every entry of ``model.state_dict()``: floating-point entries are averaged,
     the others (e.g. integer counters) are copied. Averages live on the model's device
     in the model's dtypes, start from the model's current weights, and are saved with
-    the training state (accelerate ``register_for_checkpointing``).
+    the training state as a flat tensor dict (safetensors: resuming unpickles nothing).
     """
 
     def __init__(self, model: torch.nn.Module, decays: list[float]):
@@ -35,13 +35,15 @@ class EMA:
         """The averaged state dict for ``decay`` (loadable with ``model.load_state_dict``)."""
         return self.averages[float(decay)]
 
-    def state_dict(self) -> dict:
-        return {"decays": self.decays, "averages": {str(d): avg for d, avg in self.averages.items()}}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"<decay>/<parameter>": tensor}`` for every decay."""
+        return {f"{d}/{k}": v for d, avg in self.averages.items() for k, v in avg.items()}
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict) -> None:
-        if [float(d) for d in state["decays"]] != self.decays:
-            raise ValueError(f"saved EMA decays {state['decays']} differ from train.ema_decays {self.decays}")
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        saved = sorted({float(key.split("/", 1)[0]) for key in state})
+        if saved != sorted(self.decays):
+            raise ValueError(f"saved EMA decays {saved} differ from train.ema_decays {self.decays}")
         for d, avg in self.averages.items():
-            for k, v in state["averages"][str(d)].items():
-                avg[k].copy_(v)
+            for k in avg:
+                avg[k].copy_(state[f"{d}/{k}"])

@@ -166,10 +166,9 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
     model, optimizer = acc.prepare(model, optimizer)
     raw = acc.unwrap_model(model)
     ema = EMA(raw, cfg["ema_decays"])
-    acc.register_for_checkpointing(ema)
 
     ident = identity(cfg, fingerprint)
-    state = StateDir(out_dir, acc)
+    state = StateDir(out_dir, acc, tensors=ema)
     start, rows = state.restore(ident, steps)
     if start < steps and acc.is_main_process:
         for path in _final_files(out_dir):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from safetensors.torch import load_file, save_file
 
 from t2i.utils.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from t2i.utils.provenance import config_hash
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 STATE = "state"
 META = "meta.json"
 LOG_ROWS = "train_log.jsonl"
+EXTRA = "extra.safetensors"
 _TMP, _OLD = ".state.tmp", ".state.old"
 
 # Train keys that may change without invalidating a saved state.
@@ -90,10 +92,13 @@ def _why_different(saved: dict, current: dict) -> str:
 class StateDir:
     """``out_dir/state/``: save, load, discard; every method is called by all processes."""
 
-    def __init__(self, out_dir: str | Path, accelerator: Accelerator):
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator, tensors: Any = None):
+        """``tensors``: an object with ``state_dict()``/``load_state_dict()`` of tensors only (the EMA),
+        kept in ``state/extra.safetensors`` so that resuming never unpickles it."""
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / STATE
         self.acc = accelerator
+        self.tensors = tensors
 
     def _recover(self) -> None:
         """Finish a swap that a kill interrupted (keep the newest complete copy), drop leftovers."""
@@ -128,6 +133,8 @@ class StateDir:
             return 0, []
         try:
             self.acc.load_state(str(self.path))
+            if self.tensors is not None:
+                self.tensors.load_state_dict(load_file(self.path / EXTRA, device="cpu"))
         except Exception as e:
             raise RuntimeError(f"{self.path} matches this run's fingerprint but cannot be loaded ({e}); "
                                "delete it to start fresh") from e
@@ -148,6 +155,8 @@ class StateDir:
         self.acc.save_state(str(tmp))
         self.acc.wait_for_everyone()  # every process has written its RNG state
         if self.acc.is_main_process:
+            if self.tensors is not None:
+                save_file({k: v.contiguous() for k, v in self.tensors.state_dict().items()}, str(tmp / EXTRA))
             atomic_write_jsonl(tmp / LOG_ROWS, log_rows)
             atomic_write_json(tmp / META, {"step": step, "fingerprint": config_hash(ident), "identity": ident,
                                            "num_processes": self.acc.num_processes, "saved_at": time.time()})
