@@ -117,7 +117,7 @@ def test_raising_steps_continues_training(done_run, tmp_path):
 def test_killed_training_resumes_to_identical_weights(done_run, tmp_path):
     cfg = tiny_config()
     cfg["run"] = ["exp_a"]
-    cfg["experiments"]["exp_a"]["train"].update(steps=400, save_every=10)
+    cfg["experiments"]["exp_a"]["train"].update(steps=150, save_every=10)
     target = "results/exp_a/train/model.safetensors"
 
     reference = tmp_path / "reference"
