@@ -40,8 +40,7 @@ rule evaluate:
     output:
         f"{RESULTS}/{{exp}}/metrics/{{prompt_set}}.json",
     params:
-        cfg=lambda wc: wf.evaluate_params(config, wc.exp),
-        exp=lambda wc: wf.experiment(config, wc.exp),
+        exp=lambda wc: wf.stage_experiment(config, wc.exp, "evaluate"),
         dataset_dir=lambda wc: dataset_dir_of(wc.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/evaluate_{{prompt_set}}.log",

@@ -9,7 +9,6 @@ rule report:
         csv=report(f"{RESULTS}/report/metrics.csv", caption="captions/metrics.rst", category="Metrics"),
     params:
         experiments=lambda wc: [wf.experiment(config, e) for e in RUN],
-        datasets=lambda wc: {e: wf.dataset_config(config, wf.experiment(config, e)["dataset"]) for e in RUN},
         cfg=config["report"],
     log:
         f"{RESULTS}/logs/report.log",

@@ -10,8 +10,7 @@ rule sample:
     output:
         directory(f"{RESULTS}/{{exp}}/samples/{{prompt_set}}"),
     params:
-        cfg=lambda wc: wf.sample_params(config, wc.exp),
-        exp=lambda wc: wf.experiment(config, wc.exp),
+        exp=lambda wc: wf.stage_experiment(config, wc.exp, "sample"),
         prompts=lambda wc: f"{dataset_dir_of(wc.exp)}/prompts/{wc.prompt_set}.jsonl",
         ckpt_dir=lambda wc: f"{RESULTS}/{wc.exp}/train",
     log:
@@ -24,6 +23,7 @@ rule sample:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu", cap=1),
+        gpu_model=exp_resource("gpu_model"),
     conda:
         "../envs/t2i.yaml"
     script:

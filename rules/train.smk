@@ -8,8 +8,7 @@ rule prepare:
     output:
         directory(f"{RESULTS}/{{exp}}/prepared"),
     params:
-        cfg=lambda wc: wf.prepare_params(config, wc.exp),
-        exp=lambda wc: wf.experiment(config, wc.exp),
+        exp=lambda wc: wf.stage_experiment(config, wc.exp, "prepare"),
         dataset_dir=lambda wc: dataset_dir_of(wc.exp),
     log:
         f"{RESULTS}/logs/{{exp}}/prepare.log",
@@ -21,6 +20,7 @@ rule prepare:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu", cap=1),
+        gpu_model=exp_resource("gpu_model"),
     conda:
         "../envs/t2i.yaml"
     script:
@@ -34,8 +34,7 @@ rule train:
         weights=f"{RESULTS}/{{exp}}/train/model.safetensors",
         config=f"{RESULTS}/{{exp}}/train/model_config.json",
     params:
-        cfg=lambda wc: wf.train_params(config, wc.exp),
-        exp=lambda wc: wf.experiment(config, wc.exp),
+        exp=lambda wc: wf.stage_experiment(config, wc.exp, "train"),
         out_dir=lambda wc: f"{RESULTS}/{wc.exp}/train",
         num_processes=lambda wc: max(1, wf.heavy_resources(config, wc.exp)["gpu"]),
     log:
@@ -48,6 +47,7 @@ rule train:
         runtime=exp_resource("runtime"),
         cpus_per_task=exp_resource("cpus_per_task"),
         gpu=exp_resource("gpu"),
+        gpu_model=exp_resource("gpu_model"),
     conda:
         "../envs/t2i.yaml"
     script:

@@ -1,8 +1,8 @@
 """Config look-ups the rules share (kept out of the .smk files so they are unit-tested).
 
-Each ``*_params`` function returns exactly the config slice that one rule's output
-depends on; Snakemake reruns a job when its params change, so these slices decide
-what a config edit reruns.
+``stage_experiment`` returns exactly the config slice that one rule's output depends
+on; Snakemake reruns a job when its params change, so these slices decide what a
+config edit reruns.
 """
 from __future__ import annotations
 
@@ -33,36 +33,35 @@ def prompt_sets(config: dict, exp: str) -> list[str]:
     return list(config["experiments"][exp]["sample"]["prompt_sets"])
 
 
-def reference_sets(config: dict, exp: str) -> list[str]:
-    """Prompt sets whose reference images the fidelity metrics compare against."""
-    return prompt_sets(config, exp)
+# The experiment blocks each stage's output depends on. A stage's system call receives only
+# these (so it cannot depend on anything else by accident), and they are its rule's params
+# (so an edit anywhere else never reruns it). Upstream changes reach a stage through its input
+# files: a new dataset or text encoder reruns `prepare`, new weights rerun `sample`.
+STAGE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "prepare": ("system", "dataset", "text_encoder"),
+    "train": ("system", "model", "train"),
+    "sample": ("system", "text_encoder", "sample"),
+    "evaluate": ("evaluate",),
+}
 
 
-def prepare_params(config: dict, exp: str) -> dict:
+def stage_experiment(config: dict, exp: str, stage: str) -> dict:
+    """The slice of experiment ``exp`` that ``stage`` depends on, with its ``name``.
+
+    ``sample`` leaves out ``prompt_sets``: adding a prompt set must not resample the others.
+    """
     e = config["experiments"][exp]
-    return {"system": e["system"], "dataset": config["datasets"][e["dataset"]], "text_encoder": e["text_encoder"],
-            "text_encoder_asset": config["pretrained"][e["text_encoder"]["asset"]]}
-
-
-def train_params(config: dict, exp: str) -> dict:
-    e = config["experiments"][exp]
-    return {"system": e["system"], "model": e["model"], "train": e["train"]}
-
-
-def sample_params(config: dict, exp: str) -> dict:
-    """The sample block minus ``prompt_sets`` (adding a prompt set must not rerun the others)."""
-    e = config["experiments"][exp]
-    return {k: v for k, v in e["sample"].items() if k != "prompt_sets"}
-
-
-def evaluate_params(config: dict, exp: str) -> dict:
-    return dict(config["experiments"][exp]["evaluate"])
+    view = {"name": exp, **{block: e[block] for block in STAGE_BLOCKS[stage]}}
+    if stage == "sample":
+        view["sample"] = {k: v for k, v in e["sample"].items() if k != "prompt_sets"}
+    return view
 
 
 def heavy_resources(config: dict, exp: str) -> dict[str, Any]:
-    """Scheduler resources of an experiment's train/sample jobs (the slurm plugin reads these names)."""
+    """Scheduler resources of an experiment's prepare/train/sample jobs (names the slurm plugin reads).
+
+    ``gpu_model`` is None unless the experiment asks for GPUs of a named model.
+    """
     r = config["experiments"][exp]["resources"]
-    res: dict[str, Any] = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"], "gpu": r["gpu"]}
-    if r["gpu"] and r["gpu_model"]:
-        res["gpu_model"] = r["gpu_model"]
-    return res
+    return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"], "gpu": r["gpu"],
+            "gpu_model": r["gpu_model"] if r["gpu"] else None}

@@ -166,3 +166,19 @@ def test_preset_lookup_and_config_errors():
         tiny(num_heads=5)
     with pytest.raises(ValueError, match="expected 32x32"):
         tiny()(torch.randn(1, 3, 64, 64), torch.rand(1), torch.randn(1, 16))
+
+
+def test_public_config_is_the_same_in_every_process():
+    """A state saved by one process must match the fingerprint of the next (set order varies with the hash seed)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json; from t2i.models import public_config; from t2i.models.jit import jit_from_preset; "
+            "m = jit_from_preset('JiT-T/4-Text', input_size=32, text_dim=8, depth=2); "
+            "print(json.dumps(public_config(m))); print(json.dumps(m.config['_use_default_values']))")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout.splitlines() for seed in ("1", "2")]
+    assert outs[0][0] == outs[1][0]
+    assert len(json.loads(outs[0][1])) >= 2  # a set of several names, the case that varied
+    assert "_use_default_values" not in json.loads(outs[0][0])

@@ -139,6 +139,10 @@ def test_killed_training_resumes_to_identical_weights(done_run, tmp_path):
     proc.wait()
     assert not (killed / target).exists(), "training finished before it could be killed"
 
+    # snakemake itself was killed too (as on a power loss): its lock stays until --unlock
+    locked = snakemake(killed, "--cores", "1", target, check=False)
+    assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr
+    snakemake(killed, "--unlock", target)
     snakemake(killed, "--cores", "1", "--rerun-incomplete", target)
     log = (killed / "results/logs/exp_a/train.log").read_text()
     assert "resuming at step" in log

@@ -9,12 +9,7 @@ from t2i.config import validate_config
 from t2i.status import classify, owner, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
-SLICES = {
-    "prepare": wf.prepare_params,
-    "train": wf.train_params,
-    "sample": wf.sample_params,
-    "evaluate": wf.evaluate_params,
-}
+STAGES = ("prepare", "train", "sample", "evaluate")
 
 
 def _changed(edit):
@@ -23,7 +18,11 @@ def _changed(edit):
     after_raw = copy.deepcopy(raw)
     edit(after_raw)
     after = validate_config(after_raw)
-    return {rule for rule, fn in SLICES.items() if fn(before, "shapes_jit") != fn(after, "shapes_jit")}
+    changed = {stage for stage in STAGES
+               if wf.stage_experiment(before, "shapes_jit", stage) != wf.stage_experiment(after, "shapes_jit", stage)}
+    if wf.dataset_config(before, "shapes32") != wf.dataset_config(after, "shapes32"):
+        changed.add("dataset")
+    return changed
 
 
 def test_sample_knob_touches_only_sampling():
@@ -38,12 +37,28 @@ def test_train_knob_touches_only_training():
     assert _changed(lambda c: c["experiments"]["shapes_jit"]["train"].update(blr=2e-3)) == {"train"}
 
 
-def test_text_encoder_touches_prepare():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["text_encoder"].update(max_length=16)) == {"prepare"}
+def test_text_encoder_touches_prepare_and_sample():
+    # sampling encodes its prompts with the same encoder settings
+    assert _changed(lambda c: c["experiments"]["shapes_jit"]["text_encoder"].update(max_length=16)) == {"prepare", "sample"}
 
 
-def test_dataset_seed_touches_prepare():
-    assert _changed(lambda c: c["datasets"]["shapes32"].update(seed=5)) == {"prepare"}
+def test_evaluate_knob_touches_only_evaluation():
+    assert _changed(lambda c: c["experiments"]["shapes_jit"]["evaluate"].update(batch_size=50)) == {"evaluate"}
+
+
+def test_resources_touch_no_output():
+    assert _changed(lambda c: c["experiments"]["shapes_jit"]["resources"].update(mem_mb=9000)) == set()
+
+
+def test_dataset_seed_touches_only_the_dataset():
+    # downstream stages rerun because their input files change, not through their params
+    assert _changed(lambda c: c["datasets"]["shapes32"].update(seed=5)) == {"dataset"}
+
+
+def test_stage_sees_only_its_blocks():
+    cfg = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+    assert set(wf.stage_experiment(cfg, "shapes_jit", "train")) == {"name", "system", "model", "train"}
+    assert "prompt_sets" not in wf.stage_experiment(cfg, "shapes_jit", "sample")["sample"]
 
 
 def test_gpu_model_only_when_gpus_requested():
@@ -52,7 +67,7 @@ def test_gpu_model_only_when_gpus_requested():
     res = wf.heavy_resources(validate_config(raw), "shapes_jit")
     assert res["gpu"] == 2 and res["gpu_model"] == "a100"
     raw["experiments"]["shapes_jit"]["resources"].update(gpu=0)
-    assert "gpu_model" not in wf.heavy_resources(validate_config(raw), "shapes_jit")
+    assert wf.heavy_resources(validate_config(raw), "shapes_jit")["gpu_model"] is None
 
 
 def test_status_summary_parsing():

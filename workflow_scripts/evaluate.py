@@ -1,9 +1,9 @@
 """rule evaluate -> t2i.eval.evaluate.evaluate_samples."""
 from t2i.eval.evaluate import evaluate_samples
-from t2i.utils.joblog import job_logging
+from t2i.utils.joblog import workflow_job
 
 exp = snakemake.params.exp
-with job_logging(snakemake.log[0], f"evaluate {exp['name']}/{snakemake.wildcards.prompt_set}"):
+with workflow_job(snakemake, f"evaluate {exp['name']}/{snakemake.wildcards.prompt_set}"):
     evaluate_samples(
         exp,
         prompt_set=snakemake.wildcards.prompt_set,

@@ -3,8 +3,8 @@ from pathlib import Path
 
 from t2i.systems import get_system
 from t2i.utils.atomic import atomic_dir
-from t2i.utils.joblog import job_logging
+from t2i.utils.joblog import workflow_job
 
 exp = snakemake.params.exp
-with job_logging(snakemake.log[0], f"prepare {exp['name']}"), atomic_dir(snakemake.output[0]) as out:
+with workflow_job(snakemake, f"prepare {exp['name']}"), atomic_dir(snakemake.output[0]) as out:
     get_system(exp["system"]).prepare(exp, Path(snakemake.params.dataset_dir), Path(snakemake.input.text_encoder), out)

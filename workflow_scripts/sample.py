@@ -3,10 +3,10 @@ from pathlib import Path
 
 from t2i.systems import get_system
 from t2i.utils.atomic import atomic_dir, read_jsonl
-from t2i.utils.joblog import job_logging
+from t2i.utils.joblog import workflow_job
 
 exp = snakemake.params.exp
-with job_logging(snakemake.log[0], f"sample {exp['name']}/{snakemake.wildcards.prompt_set}"):
+with workflow_job(snakemake, f"sample {exp['name']}/{snakemake.wildcards.prompt_set}"):
     prompts = read_jsonl(snakemake.params.prompts)
     with atomic_dir(snakemake.output[0]) as out:
         get_system(exp["system"]).sample(

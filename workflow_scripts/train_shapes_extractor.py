@@ -2,9 +2,9 @@
 from pathlib import Path
 
 from t2i.eval.shapes_classifier import train_shapes_classifier
-from t2i.utils.joblog import job_logging
+from t2i.utils.joblog import workflow_job
 
-with job_logging(snakemake.log[0], f"shapes-cnn extractor {snakemake.wildcards.dataset}"):
+with workflow_job(snakemake, f"shapes-cnn extractor {snakemake.wildcards.dataset}"):
     train_shapes_classifier(
         snakemake.params.dataset_dir,
         Path(snakemake.output.weights).parent,

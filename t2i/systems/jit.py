@@ -80,6 +80,7 @@ class JiTSystem:
 
     def train(self, exp: dict, prepared_dir: Path, out_dir: Path) -> None:
         from t2i.diffusion.flow import jit_loss
+        from t2i.models import public_config
         from t2i.models.jit import jit_from_preset
         from t2i.train.loop import run_training
 
@@ -99,10 +100,11 @@ class JiTSystem:
             return jit_loss(net, batch["image"], text, P_mean=m["P_mean"], P_std=m["P_std"],
                             noise_scale=m["noise_scale"], t_eps=m["t_eps"])
 
-        fingerprint = {"model": dict(model.config), "data": manifest["features_hash"], "names": len(manifest["names"])}
+        network = public_config(model)
+        fingerprint = {"model": network, "data": manifest["features_hash"], "names": len(manifest["names"])}
         run_training(model, dataset, loss_fn, exp["train"], out_dir, fingerprint=fingerprint)
         atomic_write_json(out_dir / "model_config.json", {
-            "system": "jit", "preset": m["preset"], "network": dict(model.config), "image_size": manifest["image_size"],
+            "system": "jit", "preset": m["preset"], "network": network, "image_size": manifest["image_size"],
             "text_dim": manifest["text_dim"], "noise_scale": m["noise_scale"], "t_eps": m["t_eps"],
         })
 

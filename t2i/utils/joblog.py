@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,3 +78,26 @@ def job_logging(log_path: str | Path | None, name: str) -> Iterator[logging.Logg
             root.removeHandler(h)
         if stream is not None:
             stream.close()
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in this process (torch intra-op) and in the processes it starts.
+
+    A job gets the cores its rule declares (``threads``, Slurm's ``--cpus-per-task``), not all
+    of the machine's: jobs running side by side do not oversubscribe it, and a computation
+    gives the same floats locally and on a cluster node of another size.
+    """
+    threads = max(1, int(threads))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch  # late: logging alone must not need torch
+
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def workflow_job(smk, name: str) -> Iterator[logging.Logger]:
+    """The frame of every ``workflow_scripts/`` job: the rule's ``threads`` and its ``log:`` file."""
+    limit_cpu_threads(smk.threads)
+    with job_logging(smk.log[0] if smk.log else None, name) as logger:
+        yield logger
