@@ -5,7 +5,8 @@ One process runs :mod:`t2i.train.entry` in this interpreter. More processes run
 GPUs; with ``cpu=True``, gloo on CPU (``ACCELERATE_USE_CPU``; accelerate's own
 ``--cpu`` flag starts a single process unless MPI is used). The workers' output is
 relayed to this process's stderr (so it reaches the job log), SIGTERM/SIGINT are
-forwarded to them (they save their state and exit), and a failure raises.
+forwarded to them (they save their state and exit), and a failure raises. The job's
+CPU threads are shared among the workers, so they do not oversubscribe its cores.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def launch(entry_args: list[str | os.PathLike], num_processes: int, *, cpu: bool
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "-m", "t2i.train.entry", *map(str, entry_args)]
+    per_worker = str(max(1, torch.get_num_threads() // num_processes))
+    env.update(OMP_NUM_THREADS=per_worker, MKL_NUM_THREADS=per_worker)
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     with handle_signals(lambda signum, frame: proc.send_signal(signum)):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
