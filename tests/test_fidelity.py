@@ -189,3 +189,27 @@ def test_clip_score_pairs_each_image_with_its_prompt(shapes, tiny_clip, tmp_path
 
     with pytest.raises(FileNotFoundError, match="CLIP model not found"):
         clip_score_folder(tmp_path, tmp_path / "nowhere")
+
+
+def test_distances_equal_torch_fidelity_estimators():
+    """FID via the cached symmetric square root and KID on torch equal torch-fidelity's NumPy versions."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(600, 64, generator=g) @ torch.randn(64, 64, generator=g) / 8
+    b = torch.randn(500, 64, generator=g) * 1.3 + 0.2
+    stats_a, stats_b = gaussian_statistics(a), gaussian_statistics(b)
+    ours = frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"], stats_b["sigma"], stats_b["sigma_sqrt"])
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b), False)
+    assert ours == pytest.approx(theirs[torch_fidelity.KEY_METRIC_FID], rel=1e-6)
+    assert frechet_distance(stats_a["mu"], stats_a["sigma"], stats_a["mu"], stats_a["sigma"]) == pytest.approx(0, abs=1e-8)
+
+    kid = kernel_distance(a, b, subsets=20, subset_size=100, seed=2020)
+    tf_kid = kid_features_to_metric(a, b, kid_subsets=20, kid_subset_size=100, rng_seed=2020, verbose=False)
+    assert kid["mean"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_MEAN], rel=1e-5)
+    assert kid["std"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_STD], rel=1e-4)
+    with pytest.raises(ValueError, match="subset size"):
+        kernel_distance(a, b, subsets=1, subset_size=501, seed=0)

@@ -1,10 +1,13 @@
-"""Fast image loading for metrics: threaded PNG decode into uint8 NCHW batches.
+"""Fast image loading for metrics: threaded decode into uint8 NCHW batches.
 
-Pillow releases the GIL while it decodes, so a thread pool scales with cores without
-the start-up and pickling cost of worker processes. Pixels are exactly what
-torch-fidelity's own loader produces (``PIL.Image.open(path).convert("RGB")``), and
-file order follows its convention (sorted by real path), so order-dependent metrics
-(KID subsets, IS splits) draw the same samples.
+PNGs are decoded by torchvision's libpng op, which runs without the GIL, so a thread pool
+scales with cores without the start-up and pickling cost of worker processes (Pillow's
+decoder holds the GIL between chunks and stalls at a few threads). Pixels are exactly what
+torch-fidelity's own loader produces (``PIL.Image.open(path).convert("RGB")``; other
+formats and 16-bit PNGs go through Pillow itself), and file order follows its convention
+(sorted by real path), so order-dependent metrics (KID subsets, IS splits) draw the same
+samples. (torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they
+are kept until a TorchCodec image decoder ships without an FFmpeg install.)
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_png, read_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -43,40 +47,66 @@ def list_images(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return sorted(files, key=os.path.realpath)
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """One image as an HxWx3 uint8 array."""
+def decode_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """One image as a 3xHxW uint8 tensor, the pixels of ``PIL.Image.open(path).convert("RGB")``."""
+    if str(path).lower().endswith(".png"):
+        image = decode_png(read_file(str(path)), mode=ImageReadMode.RGB)
+        if image.dtype == torch.uint8:
+            return image
+    return load_pil_rgb(path)
+
+
+def load_pil_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """One image as a 3xHxW uint8 tensor through Pillow, as torch-fidelity loads it."""
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
 
 
 def default_workers() -> int:
     return min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def _size_error(path, shape, first, first_shape) -> ValueError:
+    return ValueError(f"{path}: size {shape[2]}x{shape[1]} differs from {first} ({first_shape[2]}x{first_shape[1]})")
+
+
+def _decode_stack(paths: Sequence[str | os.PathLike]) -> torch.Tensor:
+    """Decode ``paths`` into one [n, 3, H, W] tensor; a size unlike the first image's raises ``ValueError``."""
+    images = [decode_rgb(p) for p in paths]
+    for p, image in zip(paths, images):
+        if image.shape != images[0].shape:
+            raise _size_error(p, image.shape, paths[0], images[0].shape)
+    return torch.stack(images)
+
+
 def iter_batches(paths: Sequence[str | os.PathLike], batch_size: int, *, num_workers: int | None = None,
                  prefetch: int = 3, pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """Yield uint8 tensors of shape [B, 3, H, W], decoding ``prefetch`` batches ahead in threads.
 
-    All images of one batch must share a size; a mismatch raises ``ValueError`` naming the file.
+    Each batch is split into one slice per thread, decoded and stacked there, so the calling
+    thread only joins the slices (into pinned memory when ``pin_memory``). All images of one
+    batch must share a size; a mismatch raises ``ValueError`` naming the file.
     """
+    workers = num_workers or default_workers()
     chunks = (paths[i:i + batch_size] for i in range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=num_workers or default_workers()) as pool:
-        pending: deque[tuple[Sequence, list]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[list] = deque()
 
         def submit_next() -> None:
             chunk = next(chunks, None)
             if chunk is not None:
-                pending.append((chunk, [pool.submit(load_rgb, p) for p in chunk]))
+                step = -(-len(chunk) // workers)
+                slices = [chunk[i:i + step] for i in range(0, len(chunk), step)]
+                pending.append([(part, pool.submit(_decode_stack, part)) for part in slices])
 
         for _ in range(max(1, prefetch)):
             submit_next()
         while pending:
-            chunk, futures = pending.popleft()
+            parts = [(part, future.result()) for part, future in pending.popleft()]
             submit_next()
-            arrays = [f.result() for f in futures]
-            for p, a in zip(chunk, arrays):
-                if a.shape != arrays[0].shape:
-                    raise ValueError(f"{p}: size {a.shape[1]}x{a.shape[0]} differs from "
-                                     f"{chunk[0]} ({arrays[0].shape[1]}x{arrays[0].shape[0]})")
-            batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-            yield batch.pin_memory() if pin_memory else batch
+            (first, first_images), tensors = parts[0], [images for _, images in parts]
+            for part, images in parts:
+                if images.shape[1:] != first_images.shape[1:]:
+                    raise _size_error(part[0], images.shape[1:], first[0], first_images.shape[1:])
+            shape = (sum(len(t) for t in tensors), *first_images.shape[1:])
+            yield torch.cat(tensors, out=torch.empty(shape, dtype=torch.uint8, pin_memory=pin_memory))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from t2i.data.captions import CaptionDirDataset
 from t2i.data.images import save_png, tensor_to_uint8
 from t2i.utils.atomic import atomic_path, atomic_write_json, atomic_write_jsonl
+from t2i.utils.compile import compile_if_wanted
 from t2i.utils.provenance import config_hash, write_provenance
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class JiTSystem:
         device = _device()
         model = JiT.from_config(meta["network"])
         model.load_state_dict(load_file(ckpt_dir / "model.safetensors"))
-        model.to(device).eval()
+        compile_if_wanted(model.to(device).eval(), s["compile"], device)
         rows = _expand_prompts(prompts, s["num_images"], s["seed"])
         encoder = _encoder(exp, pretrained_dir, device)
         unique = sorted({r["prompt"] for r in rows})

@@ -28,6 +28,7 @@ from t2i.train.ema import EMA
 from t2i.train.schedule import lr_at, peak_lr
 from t2i.train.state import StateDir, StepBatchSampler, handle_signals, identity
 from t2i.utils.atomic import atomic_path, atomic_write_jsonl
+from t2i.utils.compile import compile_if_wanted
 from t2i.utils.provenance import config_hash, write_provenance
 
 log = get_logger(__name__)
@@ -145,7 +146,8 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
     randomness from torch's global RNG (seeded here, restored on resume). ``cfg`` is the
     ``train:`` block (missing keys get the schema defaults); ``fingerprint`` identifies
     what the config does not (model config, dataset). A saved state is resumed only if
-    both match (``steps``, ``save_every``, ``log_every``, ``num_workers`` may change).
+    both match (``steps``, ``save_every``, ``log_every``, ``num_workers``, ``compile`` may
+    change). With ``compile`` the module's forward is compiled in place before DDP wraps it.
 
     Writes to ``out_dir``: ``model.safetensors`` (EMA of ``ema_decays[0]``),
     ``ema_<decay>.safetensors``, ``raw.safetensors``, ``train_log.jsonl``, ``tensorboard/``,
@@ -161,6 +163,7 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
     set_seed(cfg["seed"], device_specific=True)
     steps = cfg["steps"]
 
+    compile_if_wanted(model, cfg["compile"], acc.device)
     peak = peak_lr(cfg)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg["weight_decay"]), lr=peak, betas=tuple(cfg["betas"]))
     model, optimizer = acc.prepare(model, optimizer)

@@ -36,7 +36,7 @@ EXTRA = "extra.safetensors"
 _TMP, _OLD = ".state.tmp", ".state.old"
 
 # Train keys that may change without invalidating a saved state.
-RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers")
+RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers", "compile")
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
