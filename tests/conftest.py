@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 SHAPES_CFG = {"seed": 3, "image_size": 32, "num_train": 120, "num_test": 300, "max_objects": 3,
               "holdout_pairs": ["red triangle", "blue circle"], "num_holdout": 60}
@@ -23,3 +24,13 @@ def shapes32(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes32")
     generate(out, copy.deepcopy(SHAPES_CFG))
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the tensors are tiny, and more threads only add synchronisation,
+    which stalls on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,13 +8,7 @@ from t2i.models.jit import jit_from_preset
 LOSS = dict(P_mean=-0.8, P_std=0.8, noise_scale=1.0, t_eps=0.05)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which stalls on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorder:

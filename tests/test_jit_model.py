@@ -21,13 +21,7 @@ SEED_TABLE_M = {"B": 92, "L": 308, "H": 637}  # the seed README's parameter colu
 PAPER_M = {"B": 131, "L": 459, "H": 953}  # JiT paper, class-conditional /16 models
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation, which stalls on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(model: JiT, seed: int = 0) -> JiT:
