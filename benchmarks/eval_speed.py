@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -26,8 +26,6 @@ import torch.nn as nn
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image, ImageDraw
-
-from concurrent.futures import ThreadPoolExecutor
 
 from t2i.eval import extractors, fidelity
 from t2i.eval.image_folder import decode_rgb, default_workers, load_pil_rgb

@@ -196,13 +196,14 @@ def test_distances_equal_torch_fidelity_estimators():
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
 
-    from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance
+    from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance, psd_sqrt
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(600, 64, generator=g) @ torch.randn(64, 64, generator=g) / 8
     b = torch.randn(500, 64, generator=g) * 1.3 + 0.2
     stats_a, stats_b = gaussian_statistics(a), gaussian_statistics(b)
-    ours = frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"], stats_b["sigma"], stats_b["sigma_sqrt"])
+    ours = frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"], stats_b["sigma"],
+                            psd_sqrt(stats_b["sigma"]))
     theirs = fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b), False)
     assert ours == pytest.approx(theirs[torch_fidelity.KEY_METRIC_FID], rel=1e-6)
     assert frechet_distance(stats_a["mu"], stats_a["sigma"], stats_a["mu"], stats_a["sigma"]) == pytest.approx(0, abs=1e-8)

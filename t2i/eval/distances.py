@@ -17,12 +17,11 @@ from torch_fidelity.defaults import DEFAULTS
 
 
 def gaussian_statistics(features: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean, covariance (``np.cov``'s unbiased estimate), its symmetric square root, in float64."""
+    """Mean and covariance (``np.cov``'s unbiased estimate) in float64."""
     x = features.double()
     mu = x.mean(dim=0)
     centered = x - mu
-    sigma = centered.T @ centered / (len(x) - 1)
-    return {"mu": mu, "sigma": sigma, "sigma_sqrt": psd_sqrt(sigma)}
+    return {"mu": mu, "sigma": centered.T @ centered / (len(x) - 1)}
 
 
 def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
@@ -33,9 +32,12 @@ def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
                      sigma2_sqrt: torch.Tensor | None = None) -> float:
-    """``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2)`` (float64 throughout)."""
-    mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
-    root = psd_sqrt(sigma2) if sigma2_sqrt is None else sigma2_sqrt.double().to(sigma1.device)
+    """``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr sqrt(sigma1 sigma2)`` (float64, on ``sigma1``'s device).
+
+    ``sigma2_sqrt``: ``psd_sqrt(sigma2)`` if the caller has it cached.
+    """
+    mu1, sigma1, mu2, sigma2 = (t.to(sigma1.device, torch.float64) for t in (mu1, sigma1, mu2, sigma2))
+    root = psd_sqrt(sigma2) if sigma2_sqrt is None else sigma2_sqrt.to(sigma1.device, torch.float64)
     inner = root @ sigma1 @ root
     tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum()
     diff = mu1 - mu2

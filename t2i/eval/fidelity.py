@@ -33,7 +33,7 @@ from torch_fidelity.metric_prc import (KEY_METRIC_F_SCORE, KEY_METRIC_PRECISION,
                                       prc_features_to_metric)
 from tqdm import tqdm
 
-from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance
+from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance, psd_sqrt
 from t2i.eval.extractors import feature_layers
 from t2i.eval.image_folder import iter_batches, list_images
 from t2i.utils.atomic import atomic_path, read_jsonl
@@ -103,7 +103,9 @@ def reference_stats(images: str | os.PathLike | Iterable[str | os.PathLike], ext
     paths = list_images(images)
     layers = _needed_layers(extractor, DEFAULT_METRICS)
     features = extract_features(paths, extractor, batch_size=batch_size, num_workers=num_workers, desc="reference")
-    stats = {k: v.cpu().numpy() for k, v in gaussian_statistics(features[layers["fid"]]).items()}
+    stats = gaussian_statistics(features[layers["fid"]])
+    stats["sigma_sqrt"] = psd_sqrt(stats["sigma"])  # cached: each evaluation then needs one eigvalsh only
+    stats = {k: v.cpu().numpy() for k, v in stats.items()}
     meta = {
         "extractor": extractor.get_name(),
         "weights_sha256": getattr(extractor, "weights_sha256", None),
@@ -168,26 +170,26 @@ def compute(samples_dir: str | Path, reference_stats_path: str | Path, extractor
     }
 
     def reference(metric: str) -> torch.Tensor:
-        return torch.from_numpy(ref[f"features.{layers[metric]}"]).to(device)
+        return torch.from_numpy(ref[f"features.{layers[metric]}"])
 
     if "fid" in metrics:
         stats = gaussian_statistics(features[layers["fid"]])
         ref_sqrt = ref.get("fid_sigma_sqrt")  # absent from caches written before it was stored
-        ref_fid = [torch.from_numpy(a).to(device) for a in (ref["fid_mu"], ref["fid_sigma"])]
-        result["fid"] = frechet_distance(stats["mu"], stats["sigma"], *ref_fid,
-                                         sigma2_sqrt=None if ref_sqrt is None else torch.from_numpy(ref_sqrt).to(device))
+        result["fid"] = frechet_distance(stats["mu"], stats["sigma"], torch.from_numpy(ref["fid_mu"]),
+                                         torch.from_numpy(ref["fid_sigma"]),
+                                         sigma2_sqrt=None if ref_sqrt is None else torch.from_numpy(ref_sqrt))
     if "kid" in metrics:
-        subset = min(kid_subset_size, len(paths), len(ref[f"features.{layers['kid']}"]))
+        subset = min(kid_subset_size, len(paths), len(reference("kid")))
         kid = kernel_distance(features[layers["kid"]], reference("kid"), subsets=KID_SUBSETS, subset_size=subset,
                               seed=RNG_SEED)
         result.update(kid_mean=kid["mean"], kid_std=kid["std"], kid_subset_size=subset)
     tf_result: dict = {}  # torch-fidelity's keys
     if "isc" in metrics:
         tf_result.update(isc_features_to_metric(features[layers["isc"]].cpu(), ISC_SPLITS, True, RNG_SEED))
-        ref_isc = isc_features_to_metric(reference("isc").cpu(), ISC_SPLITS, True, RNG_SEED)
+        ref_isc = isc_features_to_metric(reference("isc"), ISC_SPLITS, True, RNG_SEED)
         result["reference_isc_mean"] = ref_isc[KEY_METRIC_ISC_MEAN]
     if "prc" in metrics:
-        tf_result.update(prc_features_to_metric(features[layers["prc"]].cpu(), reference("prc").cpu(), verbose=False,
+        tf_result.update(prc_features_to_metric(features[layers["prc"]].cpu(), reference("prc"), verbose=False,
                                                 prc_neighborhood=PRC_NEIGHBORHOOD, prc_batch_size=10000,
                                                 save_cpu_ram=False))
     result.update({ours: tf_result[theirs] for ours, theirs in TORCH_FIDELITY_KEYS.items() if theirs in tf_result})
