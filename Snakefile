@@ -12,7 +12,7 @@ expose_library(workflow.basedir)
 configfile: "config.yaml"
 
 
-config = validate_config(config)
+config = validate_config(config)  # defaults filled; scripts see it as snakemake.config
 
 
 include: "rules/common.smk"

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-SHARED_STAGES = {"dataset", "pretrained", "extractor", "reference_stats"}  # results/benchmarks/{stage}/*.tsv
+SHARED_STAGES = {"dataset", "pretrained", "reference_stats"}  # results/benchmarks/{stage}/*.tsv
 
 
 def stage_times(results: Path) -> dict[str, float]:
@@ -37,34 +37,38 @@ def stage_times(results: Path) -> dict[str, float]:
     return dict(times)
 
 
+def untrained_model(model_dir: Path, out_dir: Path, seed: int) -> Path:
+    """A copy of a model folder whose components are re-initialised (same configs, same seed as training)."""
+    import torch
+
+    from t2i.models.folder import load_component, read_index
+
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    for name in read_index(model_dir)["components"]:
+        trained = load_component(model_dir, name)
+        torch.manual_seed(seed)
+        type(trained).from_config(trained.config).save_pretrained(out_dir / name)
+    return out_dir
+
+
 def untrained_accuracy(workdir: Path, exp_name: str) -> dict:
     """Sample the test prompts with the untrained network and score them like the evaluate rule does."""
-    import torch
-    from safetensors.torch import save_file
-
+    from t2i import workflow as wf
     from t2i.config import load_config
     from t2i.eval.shapes import score_folder
-    from t2i.models.jit import JiT
     from t2i.systems import get_system
     from t2i.utils.atomic import read_jsonl
-    from t2i.workflow import experiment
 
     config = load_config(workdir / "config.yaml")
-    exp = experiment(config, exp_name)
-    results = workdir / "results"
-    trained = results / exp_name / "train"
-    ckpt = workdir / "untrained"
-    ckpt.mkdir(exist_ok=True)
-    shutil.copy(trained / "model_config.json", ckpt / "model_config.json")
-    meta = json.loads((trained / "model_config.json").read_text())
-    torch.manual_seed(exp["train"]["seed"])
-    save_file(JiT.from_config(meta["network"]).state_dict(), str(ckpt / "model.safetensors"))
-    dataset_dir = results / "datasets" / exp["dataset"]
-    prompts = read_jsonl(dataset_dir / "prompts" / "test.jsonl")
+    exp = wf.stage_experiment(config, exp_name, "sample")
+    inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
+    seed = config["experiments"][exp_name]["train"]["seed"]
+    inputs["model"] = untrained_model(inputs["model"], workdir / "untrained", seed)
+    prompts_path = inputs["dataset"] / "prompts" / "test.jsonl"
     out = workdir / "untrained_samples"
     out.mkdir(exist_ok=True)
-    get_system(exp["system"]).sample(exp, ckpt, results / "pretrained" / exp["text_encoder"]["asset"], prompts, out)
-    return score_folder(out, dataset_dir / "prompts" / "test.jsonl")["aggregate"]
+    get_system(exp["system"]).sample(exp, inputs, read_jsonl(prompts_path), out)
+    return score_folder(out, prompts_path)["aggregate"]
 
 
 def main() -> None:
@@ -84,9 +88,9 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     total = time.time() - start
 
-    from t2i.config import load_merged_config
+    from t2i.config import load_config
 
-    config = load_merged_config(*(p for p in (workdir / "config.yaml", args.configfile) if p))
+    config = load_config(*(p for p in (workdir / "config.yaml", args.configfile) if p))
     print(f"\nwhole workflow: {total:.1f} s wall ({args.cores} cores)")
     for rule, seconds in sorted(stage_times(workdir / "results").items(), key=lambda kv: -kv[1]):
         print(f"  {rule:<18} {seconds:8.1f} s")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install t2i into ./.venv on a fresh Debian/Ubuntu machine (CPU or CUDA).
 #   T2I_TORCH="torch==2.14.1 torchvision==0.29.1"  pins the PyTorch pair (default below);
-#   T2I_SYSTEM_PACKAGES=0                           skips apt (chromium for the report test, graphviz for --dag).
+#   T2I_SYSTEM_PACKAGES=0                           skips apt (chromium for the report test, graphviz for --dag);
+#   PYTHON=/path/to/python3.12                      the venv's interpreter (default: envs/find_python.sh's pick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH=${T2I_TORCH:-"torch==2.14.1 torchvision==0.29.1"}
-PYTHON=${PYTHON:-python3}
+# A Python >= 3.11 for a new venv, before anything else (without one: one line on how to get one, exit 1).
+[ -x .venv/bin/python ] || PYTHON=$(bash envs/find_python.sh)
 
 if [ "${T2I_SYSTEM_PACKAGES:-1}" = 1 ] && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"

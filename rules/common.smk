@@ -1,9 +1,9 @@
-# Config look-ups and input functions shared by every rule.
+# Config look-ups and input functions shared by every rule (the logic lives in t2i.workflow).
 import re
 
 from t2i import workflow as wf
 
-RESULTS = "results"
+RESULTS = wf.RESULTS
 EXPERIMENTS = list(config["experiments"])
 RUN = config["run"]
 
@@ -16,47 +16,41 @@ wildcard_constraints:
     extractor="shapes-cnn|inception-v3-compat",
 
 
-def dataset_dir_of(exp):
-    return f"{RESULTS}/datasets/{wf.experiment(config, exp)['dataset']}"
+def stage_inputs(stage):
+    """Named inputs (role -> path) of an experiment's `stage` job, for `unpack()`."""
+    return lambda wc: wf.stage_inputs(config, wc.exp, stage)
 
 
-def dataset_done(dataset):
-    """The file that marks a finished dataset (written last by `rule dataset`)."""
-    return f"{RESULTS}/datasets/{dataset}/SHA256SUMS"
+def stage_params(stage):
+    return lambda wc: wf.stage_params(config, wc.exp, stage)
 
 
-def text_encoder_dir(exp):
-    return f"{RESULTS}/pretrained/{wf.experiment(config, exp)['text_encoder']['asset']}"
+def stage_resource(stage, key):
+    return lambda wc: wf.stage_resources(config, wc.exp, stage)[key]
 
 
-def extractor_files(exp):
-    """Feature-extractor weights that an experiment's fidelity metrics need."""
-    e = wf.experiment(config, exp)
-    if e["evaluate"]["extractor"] == "inception-v3-compat":
-        return [f"{RESULTS}/pretrained/inception"]
-    return [f"{RESULTS}/datasets/{e['dataset']}/extractors/shapes-cnn/model.safetensors"]
+def stage_threads(stage):
+    return stage_resource(stage, "cpus_per_task")
 
 
-def exp_resource(key, cap=None):
-    """An experiment's `resources` value for train/sample-like jobs (cap: e.g. 1 GPU for inference)."""
-
-    def get(wildcards):
-        value = wf.heavy_resources(config, wildcards.exp)[key]
-        return min(value, cap) if cap is not None else value
-
-    return get
+def stage_resources(stage):
+    """The `resources:` of an experiment's `stage` job."""
+    return {key: stage_resource(stage, key) for key in ("mem_mb", "runtime", "cpus_per_task", "gpu", "gpu_model")}
 
 
-def clip_files(exp):
-    """The CLIP model folder for CLIP score, if the experiment asks for one."""
-    asset = wf.experiment(config, exp)["evaluate"]["clip_asset"]
-    return [f"{RESULTS}/pretrained/{asset}"] if asset else []
+def evaluate_inputs(wc):
+    """Samples, dataset, and what each metric family of the experiment needs (t2i.eval.registry)."""
+    from t2i.eval.registry import family_inputs
+
+    return {"samples": f"{RESULTS}/{wc.exp}/samples/{wc.prompt_set}",
+            "dataset": wf.dataset_done(config["experiments"][wc.exp]["dataset"]),
+            **family_inputs(config, wc.exp, wc.prompt_set)}
 
 
 def report_inputs(wildcards):
     files = []
     for exp in RUN:
-        files.append(f"{RESULTS}/{exp}/train/model.safetensors")
+        files.append(wf.model_dir(exp))
         files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
         files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]
     return files

@@ -1,27 +1,21 @@
-# Metrics: Shapes compositional accuracy, FID/KID/IS (torch-fidelity), CLIP score.
+# Metrics: every metric family of t2i.eval.registry that applies (Shapes accuracy, FID/KID/IS, CLIP score).
 
 
 rule reference_stats:
     input:
-        dataset=lambda wc: dataset_done(wc.dataset),
-        extractor=lambda wc: (
-            f"{RESULTS}/pretrained/inception"
-            if wc.extractor == "inception-v3-compat"
-            else f"{RESULTS}/datasets/{wc.dataset}/extractors/shapes-cnn/model.safetensors"
-        ),
+        dataset=lambda wc: wf.dataset_done(wc.dataset),
+        extractor=f"{RESULTS}/pretrained/{{asset}}",
     output:
-        f"{RESULTS}/datasets/{{dataset}}/fidelity/{{extractor}}/{{prompt_set}}.npz",
-    params:
-        dataset_dir=lambda wc: f"{RESULTS}/datasets/{wc.dataset}",
+        f"{RESULTS}/datasets/{{dataset}}/fidelity/{{extractor}}/{{asset}}/{{prompt_set}}.npz",
     log:
-        f"{RESULTS}/logs/reference_stats/{{dataset}}_{{extractor}}_{{prompt_set}}.log",
+        f"{RESULTS}/logs/reference_stats/{{dataset}}_{{extractor}}_{{asset}}_{{prompt_set}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/reference_stats/{{dataset}}_{{extractor}}_{{prompt_set}}.tsv"
+        f"{RESULTS}/benchmarks/reference_stats/{{dataset}}_{{extractor}}_{{asset}}_{{prompt_set}}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        mem_mb=8000,
+        runtime=120,
+        gpu=lambda wc: wf.evaluation_gpu(config, wc.dataset),
     conda:
         "../envs/t2i.yaml"
     script:
@@ -30,27 +24,18 @@ rule reference_stats:
 
 rule evaluate:
     input:
-        samples=f"{RESULTS}/{{exp}}/samples/{{prompt_set}}",
-        reference=lambda wc: (
-            f"{dataset_dir_of(wc.exp)}/fidelity/"
-            f"{wf.experiment(config, wc.exp)['evaluate']['extractor']}/{wc.prompt_set}.npz"
-        ),
-        extractor=lambda wc: extractor_files(wc.exp),
-        clip=lambda wc: clip_files(wc.exp),
+        unpack(evaluate_inputs),
     output:
         f"{RESULTS}/{{exp}}/metrics/{{prompt_set}}.json",
     params:
-        exp=lambda wc: wf.stage_experiment(config, wc.exp, "evaluate"),
-        dataset_dir=lambda wc: dataset_dir_of(wc.exp),
+        exp=stage_params("evaluate"),
     log:
         f"{RESULTS}/logs/{{exp}}/evaluate_{{prompt_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/evaluate_{{prompt_set}}.tsv"
-    threads: 2
+    threads: stage_threads("evaluate")
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        **stage_resources("evaluate"),
     conda:
         "../envs/t2i.yaml"
     script:

@@ -8,8 +8,7 @@ rule report:
         html=report(f"{RESULTS}/report/index.html", caption="captions/index.rst", category="Report"),
         csv=report(f"{RESULTS}/report/metrics.csv", caption="captions/metrics.rst", category="Metrics"),
     params:
-        experiments=lambda wc: [wf.experiment(config, e) for e in RUN],
-        cfg=config["report"],
+        shown=wf.report_params(config),
     log:
         f"{RESULTS}/logs/report.log",
     threads: 1

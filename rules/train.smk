@@ -3,24 +3,18 @@
 
 rule prepare:
     input:
-        dataset=lambda wc: dataset_done(wf.experiment(config, wc.exp)["dataset"]),
-        text_encoder=lambda wc: text_encoder_dir(wc.exp),
+        unpack(stage_inputs("prepare")),
     output:
         directory(f"{RESULTS}/{{exp}}/prepared"),
     params:
-        exp=lambda wc: wf.stage_experiment(config, wc.exp, "prepare"),
-        dataset_dir=lambda wc: dataset_dir_of(wc.exp),
+        exp=stage_params("prepare"),
     log:
         f"{RESULTS}/logs/{{exp}}/prepare.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/prepare.tsv"
-    threads: exp_resource("cpus_per_task")
+    threads: stage_threads("prepare")
     resources:
-        mem_mb=exp_resource("mem_mb"),
-        runtime=exp_resource("runtime"),
-        cpus_per_task=exp_resource("cpus_per_task"),
-        gpu=exp_resource("gpu", cap=1),
-        gpu_model=exp_resource("gpu_model"),
+        **stage_resources("prepare"),
     conda:
         "../envs/t2i.yaml"
     script:
@@ -29,25 +23,18 @@ rule prepare:
 
 rule train:
     input:
-        prepared=f"{RESULTS}/{{exp}}/prepared",
+        unpack(stage_inputs("train")),
     output:
-        weights=f"{RESULTS}/{{exp}}/train/model.safetensors",
-        config=f"{RESULTS}/{{exp}}/train/model_config.json",
+        directory(f"{RESULTS}/{{exp}}/train/model"),
     params:
-        exp=lambda wc: wf.stage_experiment(config, wc.exp, "train"),
-        out_dir=lambda wc: f"{RESULTS}/{wc.exp}/train",
-        num_processes=lambda wc: max(1, wf.heavy_resources(config, wc.exp)["gpu"]),
+        exp=stage_params("train"),
     log:
         f"{RESULTS}/logs/{{exp}}/train.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/train.tsv"
-    threads: exp_resource("cpus_per_task")
+    threads: stage_threads("train")
     resources:
-        mem_mb=exp_resource("mem_mb"),
-        runtime=exp_resource("runtime"),
-        cpus_per_task=exp_resource("cpus_per_task"),
-        gpu=exp_resource("gpu"),
-        gpu_model=exp_resource("gpu_model"),
+        **stage_resources("train"),
     conda:
         "../envs/t2i.yaml"
     script:

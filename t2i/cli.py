@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from t2i.config import load_merged_config
+from t2i.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from t2i.status import format_table, run_summary, summarize
 
     files = ["config.yaml"] + ([args.configfile] if args.configfile else [])
-    config = load_merged_config(*files)
+    config = load_config(*files)
     extra = ["--configfile", args.configfile] if args.configfile else []
     print(format_table(summarize(run_summary(extra), list(config["experiments"]))))
     return 0

@@ -1,13 +1,36 @@
 """Config look-ups the rules share (kept out of the .smk files so they are unit-tested).
 
-``stage_experiment`` returns exactly the config slice that one rule's output depends
-on; Snakemake reruns a job when its params change, so these slices decide what a
-config edit reruns.
+A stage's job sees two views of its experiment:
+
+- ``stage_params``: the canonical JSON (sorted keys) of the config slice its outputs depend
+  on, minus speed-only knobs. It is the rule's ``params``, so Snakemake reruns the job exactly
+  when that slice changes: reordering keys, or changing ``gen_bsz``, reruns nothing.
+- ``stage_experiment``: the same slice with the speed knobs, which the job computes with.
+
+Which blocks a stage depends on, and which input roles it reads, is declared by the system
+(``x-t2i`` in its schema, :func:`t2i.config.system_spec`). Upstream changes reach a stage
+through its input files (a new dataset, asset or upstream model reruns it), never through
+params.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
+
+from t2i.config import EXTRACTOR_ASSETS, system_spec
+
+RESULTS = "results"
+STAGES = ("prepare", "train", "sample", "evaluate")
+# Keys that change how fast a stage runs, never what it produces.
+SPEED_KEYS: dict[str, tuple[str, ...]] = {
+    "train": ("save_every", "log_every", "num_workers", "compile"),
+    "sample": ("gen_bsz", "compile"),
+    "evaluate": ("batch_size",),
+}
+RESOURCE_KEYS = ("gpu", "gpu_model", "mem_mb", "runtime", "cpus_per_task")
+DATASET_MARKER = "SHA256SUMS"  # written last by `rule dataset`: the dataset is complete
 
 
 def expose_library(basedir: str) -> None:
@@ -33,35 +56,106 @@ def prompt_sets(config: dict, exp: str) -> list[str]:
     return list(config["experiments"][exp]["sample"]["prompt_sets"])
 
 
-# The experiment blocks each stage's output depends on. A stage's system call receives only
-# these (so it cannot depend on anything else by accident), and they are its rule's params
-# (so an edit anywhere else never reruns it). Upstream changes reach a stage through its input
-# files: a new dataset or text encoder reruns `prepare`, new weights rerun `sample`.
-STAGE_BLOCKS: dict[str, tuple[str, ...]] = {
-    "prepare": ("system", "dataset", "text_encoder"),
-    "train": ("system", "model", "train"),
-    "sample": ("system", "text_encoder", "sample"),
-    "evaluate": ("evaluate",),
-}
+def canonical(value: Any) -> str:
+    """JSON with sorted keys: equal configs give equal strings whatever their key order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def stage_experiment(config: dict, exp: str, stage: str) -> dict:
-    """The slice of experiment ``exp`` that ``stage`` depends on, with its ``name``.
-
-    ``sample`` leaves out ``prompt_sets``: adding a prompt set must not resample the others.
-    """
+    """The slice of experiment ``exp`` that ``stage`` depends on: ``name``, ``system`` and the blocks
+    the system declares for the stage. ``sample`` leaves out ``prompt_sets`` (adding a prompt set
+    must not resample the others)."""
     e = config["experiments"][exp]
-    view = {"name": exp, **{block: e[block] for block in STAGE_BLOCKS[stage]}}
+    view = {"name": exp, "system": e["system"], **{b: e[b] for b in system_spec(e["system"])["stages"][stage]}}
     if stage == "sample":
         view["sample"] = {k: v for k, v in e["sample"].items() if k != "prompt_sets"}
     return view
 
 
-def heavy_resources(config: dict, exp: str) -> dict[str, Any]:
-    """Scheduler resources of an experiment's prepare/train/sample jobs (names the slurm plugin reads).
+def without_speed_keys(view: dict) -> dict:
+    """``view`` minus the speed-only knobs of every block."""
+    return {block: ({k: v for k, v in value.items() if k not in SPEED_KEYS[block]} if block in SPEED_KEYS else value)
+            for block, value in view.items()}
 
-    ``gpu_model`` is None unless the experiment asks for GPUs of a named model.
+
+def stage_params(config: dict, exp: str, stage: str) -> str:
+    """The rule params of ``stage`` of ``exp``: canonical, without speed knobs."""
+    return canonical(without_speed_keys(stage_experiment(config, exp, stage)))
+
+
+def dataset_dir(config: dict, exp: str) -> str:
+    return f"{RESULTS}/datasets/{config['experiments'][exp]['dataset']}"
+
+
+def dataset_done(dataset: str) -> str:
+    """The file that marks a finished dataset."""
+    return f"{RESULTS}/datasets/{dataset}/{DATASET_MARKER}"
+
+
+def model_dir(exp: str) -> str:
+    """An experiment's trained model folder (``save_pretrained`` style; what later stages read)."""
+    return f"{RESULTS}/{exp}/train/model"
+
+
+def source_path(ref: dict) -> str:
+    """The folder that fills a role: ``{asset: A}`` -> its asset folder, ``{experiment: E}`` -> its model."""
+    (kind, name), = ref.items()
+    return f"{RESULTS}/pretrained/{name}" if kind == "asset" else model_dir(name)
+
+
+def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
+    """Named inputs of a stage's job: ``dataset`` (its completion marker), the system's roles that the
+    stage reads, and the stage's own upstream (``prepared`` for train, ``model`` for sample)."""
+    e = config["experiments"][exp]
+    inputs = {"dataset": dataset_done(e["dataset"])}
+    for role, spec in system_spec(e["system"])["roles"].items():
+        if stage in spec["stages"] and role in e["inputs"]:
+            inputs[role] = source_path(e["inputs"][role])
+    if stage == "train":
+        inputs["prepared"] = f"{RESULTS}/{exp}/prepared"
+    if stage == "sample":
+        inputs["model"] = model_dir(exp)
+    return inputs
+
+
+def input_folders(named: dict[str, str]) -> dict[str, Path]:
+    """Snakemake's named inputs as the folders a system reads (a dataset marker -> its dataset folder)."""
+    return {role: Path(path).parent if Path(path).name == DATASET_MARKER else Path(path)
+            for role, path in named.items()}
+
+
+def stage_resources(config: dict, exp: str, stage: str) -> dict[str, Any]:
+    """Scheduler resources of one of ``exp``'s jobs (names the slurm plugin reads).
+
+    ``train`` uses the top-level ``resources``; other stages override single values and inherit
+    the rest, with GPUs capped at 1. ``gpu_model`` is None unless the job asks for GPUs.
     """
     r = config["experiments"][exp]["resources"]
-    return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"], "gpu": r["gpu"],
-            "gpu_model": r["gpu_model"] if r["gpu"] else None}
+    values = {k: r[k] for k in RESOURCE_KEYS}
+    if stage != "train":
+        values["gpu"] = min(values["gpu"], 1)
+        values.update({k: v for k, v in r.get(stage, {}).items() if v is not None})
+    if not values["gpu"]:
+        values["gpu_model"] = None
+    return values
+
+
+def evaluation_gpu(config: dict, dataset: str) -> int:
+    """GPUs for a dataset's reference statistics: 1 if any final experiment evaluating on it has one."""
+    return int(any(stage_resources(config, exp, "evaluate")["gpu"] for exp in config["run"]
+                   if config["experiments"][exp]["dataset"] == dataset))
+
+
+def extractor_asset(config: dict, exp: str) -> str:
+    """The asset holding the weights of the experiment's feature extractor."""
+    ev = config["experiments"][exp]["evaluate"]
+    return ev["extractor_asset"] or EXTRACTOR_ASSETS[ev["extractor"]]
+
+
+def report_params(config: dict) -> str:
+    """What the report shows: each final experiment's config (no resources, no speed knobs) and the report block."""
+    shown = []
+    for exp in config["run"]:
+        e = experiment(config, exp)
+        shown.append(without_speed_keys({k: v for k, v in e.items() if k != "resources"}))
+    return canonical({"experiments": shown, "report": config["report"]})

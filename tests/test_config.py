@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from t2i.config import ConfigError, load_config, load_merged_config, validate_config
+from t2i.config import ConfigError, load_config, system_spec, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,34 @@ def test_default_config_validates_and_fills_defaults(raw):
      "experiments.shapes_jit.dataset: no dataset named 'nope'"),
     (lambda c: c["experiments"]["shapes_jit"].update(system="dalle"),
      "experiments.shapes_jit.system: unknown system 'dalle'"),
-    (lambda c: c["experiments"]["shapes_jit"]["text_encoder"].update(asset="clip"),
-     "experiments.shapes_jit.text_encoder.asset: no pretrained asset named 'clip'"),
+    (lambda c: c["experiments"]["shapes_jit"]["inputs"].update(text_encoder={"asset": "clip"}),
+     "experiments.shapes_jit.inputs.text_encoder.asset: no asset named 'clip' in `pretrained`"),
+    (lambda c: c["experiments"]["shapes_jit"]["inputs"].update(teacher={"asset": "minilm"}),
+     "experiments.shapes_jit.inputs: unknown key(s) 'teacher'"),
+    (lambda c: c["experiments"]["shapes_jit"]["inputs"].update(init={"experiment": "other"}),
+     "experiments.shapes_jit.inputs.init.experiment: no experiment named 'other'"),
+    (lambda c: c["experiments"]["shapes_jit"]["inputs"].update(init={"experiment": "shapes_jit"}),
+     "experiments.shapes_jit.inputs.init.experiment: an experiment cannot feed itself"),
+    (lambda c: c["experiments"]["shapes_jit"]["inputs"].pop("text_encoder"),
+     "experiments.shapes_jit.inputs: 'text_encoder' is a required property"),
+    (lambda c: c["experiments"]["shapes_jit"]["model"].update(preset="JiT-X/4-Text"),
+     "experiments.shapes_jit.model.preset: 'JiT-X/4-Text' is not one of JiT-B/16-Text"),
+    (lambda c: c["experiments"]["shapes_jit"]["train"].update(cond_dropout=0.1),
+     "experiments.shapes_jit.train: unknown key(s) 'cond_dropout'"),
+    (lambda c: c["experiments"]["shapes_jit"]["resources"].update(prepare={"runtim": 60}),
+     "experiments.shapes_jit.resources.prepare: unknown key(s) 'runtim'"),
+    (lambda c: c["experiments"]["shapes_jit"]["evaluate"].update(extractor_asset="nope"),
+     "experiments.shapes_jit.evaluate.extractor_asset: extractor shapes-cnn needs a pretrained asset named 'nope'"),
+    (lambda c: c["pretrained"]["inception"].update(sha265="0" * 64),
+     "pretrained.inception: unknown key(s) 'sha265'"),
+    (lambda c: c["pretrained"]["inception"].update(sha256="6726825d"),
+     "pretrained.inception.sha256: '6726825d' does not match"),
+    (lambda c: c["pretrained"].update(llm={"source": "huggingface", "repo_id": "a/b", "allow_pattern": ["*.json"]}),
+     "pretrained.llm: unknown key(s) 'allow_pattern'"),
+    (lambda c: c["pretrained"].update(x={"source": "ftp", "url": "x"}),
+     "pretrained.x.source: 'ftp' is not one of url"),
+    (lambda c: c["pretrained"]["shapes-cnn"].update(dataset="shapes64"),
+     "pretrained.shapes-cnn.dataset: no dataset named 'shapes64'"),
     (lambda c: c.update(run=["shapes_jit", "missing_exp"]),
      "run[1]: no experiment named 'missing_exp'"),
     (lambda c: c["datasets"]["shapes32"].update(image_size=8),
@@ -58,6 +84,48 @@ def test_bad_config_is_one_line_naming_the_key(raw, edit, message):
     assert "\n" not in text
 
 
+def test_experiments_feeding_each_other_in_a_cycle_fail(raw):
+    cfg = copy.deepcopy(raw)
+    exps = cfg["experiments"]
+    for name, other in (("a", "b"), ("b", "c"), ("c", "a")):
+        exps[name] = {**copy.deepcopy(exps["shapes_jit"]), "inputs": {"text_encoder": {"asset": "minilm"},
+                                                                      "init": {"experiment": other}}}
+    with pytest.raises(ConfigError, match=r"experiments\.a\.inputs: experiments feed each other in a cycle "
+                                          r"\(a -> b -> c -> a\)"):
+        validate_config(cfg)
+
+
+def test_key_order_does_not_change_the_validated_config(raw):
+    """A config loaded with sorted keys (yaml.safe_dump's default) validates to the same content."""
+    from t2i.workflow import canonical
+
+    reordered = yaml.safe_load(yaml.safe_dump(raw, sort_keys=True))
+    assert canonical(validate_config(reordered)) == canonical(validate_config(raw))
+
+
+def test_schemas_agree_with_the_registries():
+    """Enums in the torch-free schemas list exactly what the code registers."""
+    from t2i.checkpoints.recipes import RECIPES
+    from t2i.config import EXTRACTOR_ASSETS, SCHEMA_PATH, _schema
+    from t2i.eval.extractors import EXTRACTORS
+    from t2i.eval.registry import METRIC_FAMILIES
+    from t2i.models.jit import JIT_PRESETS
+    from t2i.systems import SYSTEMS
+
+    shared = _schema(SCHEMA_PATH)["$defs"]
+    evaluate = shared["evaluate"]["properties"]
+    assert evaluate["families"]["items"]["enum"] == list(METRIC_FAMILIES)
+    assert evaluate["extractor"]["enum"] == list(EXTRACTORS) == list(EXTRACTOR_ASSETS)
+    trained = next(b["then"] for b in shared["asset"]["allOf"] if b["if"]["properties"]["source"]["const"] == "trained")
+    assert trained["properties"]["recipe"]["enum"] == list(RECIPES)
+    jit = _schema(ROOT / "t2i" / "schemas" / "systems" / "jit.schema.yaml")
+    assert jit["properties"]["model"]["properties"]["preset"]["enum"] == list(JIT_PRESETS)
+    for system in SYSTEMS:
+        spec = system_spec(system)
+        assert set(spec["stages"]) == {"prepare", "train", "sample", "evaluate"}, system
+        assert all(set(r["stages"]) <= set(spec["stages"]) for r in spec["roles"].values()), system
+
+
 def test_config_files_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
@@ -70,12 +138,12 @@ def test_config_files_errors(tmp_path):
 def test_merged_config_overrides_nested_keys(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text("experiments:\n  shapes_jit:\n    train: {steps: 7}\n")
-    cfg = load_merged_config(ROOT / "config.yaml", extra)
+    cfg = load_config(ROOT / "config.yaml", extra)
     assert cfg["experiments"]["shapes_jit"]["train"]["steps"] == 7
     assert cfg["experiments"]["shapes_jit"]["train"]["batch_size"] == 64  # kept from config.yaml
 
 
 def test_paper_configs_validate():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        cfg = load_merged_config(ROOT / "config.yaml", path)
+        cfg = load_config(ROOT / "config.yaml", path)
         assert cfg["run"], path

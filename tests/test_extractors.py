@@ -77,7 +77,7 @@ def test_missing_weights_fail_with_one_clear_error(tmp_path):
     assert extractors.INCEPTION_URL in msg and extractors.INCEPTION_SHA256 in msg
     with pytest.raises(extractors.ExtractorWeightsMissing, match="never downloaded"):
         extractors.create_extractor("inception-v3-compat", None)
-    with pytest.raises(extractors.ExtractorWeightsMissing, match="shapes_extractor"):
+    with pytest.raises(extractors.ExtractorWeightsMissing, match="recipe: shapes-cnn"):
         extractors.create_extractor("shapes-cnn", tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="evaluate.extractor"):
         extractors.create_extractor("vgg16", tmp_path)

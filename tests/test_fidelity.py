@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from PIL import Image
+from torch_fidelity.defaults import DEFAULTS
+from torch_fidelity.metric_kid import kid_features_to_metric
 
 from t2i.data.shapes import generate
 from t2i.eval import extractors, fidelity
@@ -40,9 +42,62 @@ def split_folders(images: list[Path], root: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def assert_same_as_torch_fidelity(ours: dict, theirs: dict) -> None:
+def float32_kid_error(x: torch.Tensor, y: torch.Tensor, subset_size: int) -> tuple[float, float]:
+    """Bounds on the rounding error of torch-fidelity's KID (mean, std) on float32 features ``x``, ``y``.
+
+    torch-fidelity computes the kernels k = (x.y / d + 1)^3 (its defaults) and their sums in
+    float32. First-order error analysis: a float32 dot product of d terms is off by at most
+    about sqrt(d) eps sum_i |x_i y_i| (the probabilistic bound, rounding errors adding up as a
+    random walk; d eps is the worst case), which the cube turns into
+    3 (x.y / d + 1)^2 sqrt(d) eps |x|.|y| / d; the +1, the cube, the pairwise float32 sums of
+    m^2 entries and the final subtraction add at most (log2 m^2 + 6) eps |k|. Each subset's MMD is
+    a weighted sum of entries (1/(m(m-1)) within a set, -2/m^2 across), so its error is at most
+    the same sum of entry errors with the weights' absolute values: an error relative to |k|,
+    while the cancellation k_xx + k_yy - 2 k_xy leaves a KID far smaller than |k| (3e-4 against
+    |k| ~ 8 in the Inception test below). The mean's error is at most the subsets' mean error,
+    the std's at most their root mean square. A bound, so loose (the errors seen are a few
+    hundred times smaller); the tight check is the float64 one.
+    """
+    assert [DEFAULTS[f"kid_kernel_poly_{k}"] for k in ("degree", "gamma", "coef0")] == [3, None, 1]
+    x, y = x.double().numpy(), y.double().numpy()
+    d, m, eps = x.shape[1], subset_size, np.finfo(np.float32).eps
+
+    def entry_errors(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        base = a @ b.T / d + 1
+        dot_error = np.sqrt(d) * eps * (np.abs(a) @ np.abs(b).T)
+        return 3 * base ** 2 * dot_error / d + (np.log2(m * m) + 6) * eps * np.abs(base) ** 3
+
+    rng = np.random.RandomState(fidelity.RNG_SEED)  # torch-fidelity's subset draws
+    errors = []
+    for _ in range(fidelity.KID_SUBSETS):
+        a, b = x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)]
+        e_xx, e_yy, e_xy = entry_errors(a, a), entry_errors(b, b), entry_errors(a, b)
+        errors.append((e_xx.sum() - e_xx.trace() + e_yy.sum() - e_yy.trace()) / (m * (m - 1)) + 2 * e_xy.sum() / m ** 2)
+    return float(np.mean(errors)), float(np.sqrt(np.mean(np.square(errors))))
+
+
+def assert_same_as_torch_fidelity(ours: dict, theirs: dict, samples: Path, reference_stats: Path, extractor,
+                                  batch_size: int = fidelity.BATCH_SIZE) -> None:
+    """``ours`` (fidelity.compute) against ``theirs`` (torch_fidelity.calculate_metrics) on the same images.
+
+    KID equals torch-fidelity's estimator on float64 features (our features: the samples
+    extracted again, the reference from its cache) to float64 rounding, and torch-fidelity's
+    float32 KID within that one's rounding error (``float32_kid_error``); the rest to rel 1e-3.
+    ``batch_size``: the one ``ours`` was extracted with.
+    """
+    layer = ours["feature_layers"]["kid"]
+    x = fidelity.extract_features(fidelity.sample_files(samples), extractor, batch_size=batch_size)[layer]
+    y = torch.from_numpy(fidelity.load_reference_stats(reference_stats)[1][f"features.{layer}"])
+    exact = kid_features_to_metric(x.double(), y.double(), kid_subsets=fidelity.KID_SUBSETS, rng_seed=fidelity.RNG_SEED,
+                                   kid_subset_size=ours["kid_subset_size"], verbose=False)
+    errors = float32_kid_error(x, y, ours["kid_subset_size"])
+    for key, error in zip(("kid_mean", "kid_std"), errors):
+        tf_key = fidelity.TORCH_FIDELITY_KEYS[key]
+        assert ours[key] == pytest.approx(exact[tf_key], rel=1e-9, abs=1e-15), key
+        assert abs(ours[key] - theirs[tf_key]) <= error, (key, ours[key], theirs[tf_key], error)
     for key, tf_key in fidelity.TORCH_FIDELITY_KEYS.items():
-        assert ours[key] == pytest.approx(theirs[tf_key], rel=1e-3, abs=1e-7), key
+        if not key.startswith("kid"):
+            assert ours[key] == pytest.approx(theirs[tf_key], rel=1e-3, abs=1e-7), key
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +131,7 @@ def test_inception_metrics_equal_torch_fidelity(shapes, random_inception, tmp_pa
         input1=str(samples), input2=str(reference), **ALL, cuda=False, batch_size=6, kid_subset_size=6,
         feature_extractor="inception-v3-compat", verbose=False, save_cpu_ram=True,
         feature_extractor_weights_path=str(random_inception / extractors.INCEPTION_FILENAME))
-    assert_same_as_torch_fidelity(ours, theirs)
+    assert_same_as_torch_fidelity(ours, theirs, samples, tmp_path / "ref.npz", fe, batch_size=6)
     assert ours["fid"] > 0.01 and ours["num_samples"] == 12 and ours["num_reference"] == 12
     assert ours["kid_subset_size"] == 6 and ours["feature_layers"]["fid"] == "2048"
 
@@ -96,7 +151,7 @@ def test_shapes_cnn_metrics_equal_torch_fidelity(shapes, shapes_cnn, tmp_path):
     theirs = torch_fidelity.calculate_metrics(  # by its registered name
         input1=str(samples), input2=str(reference), **ALL, cuda=False, kid_subset_size=100, verbose=False,
         feature_extractor="shapes-cnn", feature_extractor_weights_path=str(shapes_cnn), save_cpu_ram=True)
-    assert_same_as_torch_fidelity(ours, theirs)
+    assert_same_as_torch_fidelity(ours, theirs, samples, tmp_path / "ref.npz", fe)
     assert ours["isc_mean"] > 2  # confident, varied class logits: IS and its splits are a real comparison
     assert 0 < ours["kid_std"] and ours["kid_subset_size"] == 100
 
@@ -194,7 +249,6 @@ def test_clip_score_pairs_each_image_with_its_prompt(shapes, tiny_clip, tmp_path
 def test_distances_equal_torch_fidelity_estimators():
     """FID via the cached symmetric square root and KID on torch equal torch-fidelity's NumPy versions."""
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
 
     from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_distance, psd_sqrt
 
@@ -208,9 +262,10 @@ def test_distances_equal_torch_fidelity_estimators():
     assert ours == pytest.approx(theirs[torch_fidelity.KEY_METRIC_FID], rel=1e-6)
     assert frechet_distance(stats_a["mu"], stats_a["sigma"], stats_a["mu"], stats_a["sigma"]) == pytest.approx(0, abs=1e-8)
 
-    kid = kernel_distance(a, b, subsets=20, subset_size=100, seed=2020)
-    tf_kid = kid_features_to_metric(a, b, kid_subsets=20, kid_subset_size=100, rng_seed=2020, verbose=False)
-    assert kid["mean"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_MEAN], rel=1e-5)
-    assert kid["std"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_STD], rel=1e-4)
+    kid = kernel_distance(a, b, subsets=20, subset_size=100, seed=2020)  # float32 features, float64 kernels
+    tf_kid = kid_features_to_metric(a.double(), b.double(), kid_subsets=20, kid_subset_size=100, rng_seed=2020,
+                                    verbose=False)  # on float64 features its NumPy kernels are float64 too
+    assert kid["mean"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_MEAN], rel=1e-9)
+    assert kid["std"] == pytest.approx(tf_kid[torch_fidelity.KEY_METRIC_KID_STD], rel=1e-9)
     with pytest.raises(ValueError, match="subset size"):
         kernel_distance(a, b, subsets=1, subset_size=501, seed=0)

@@ -1,8 +1,13 @@
-"""The HTML report: metrics.csv, grids and curves, and the page as headless Chromium renders it."""
+"""The HTML report: metrics.csv, grids and curves, and the page as headless Chromium renders it.
+
+The Chromium tests skip where no chromium binary is installed; with ``T2I_REQUIRE_BROWSER=1``
+(CI) they fail instead.
+"""
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,8 +63,8 @@ def report(tmp_path_factory) -> Path:
     writer.close()
 
     beta_train = root / "beta" / "train"
-    beta_train.mkdir(parents=True)
-    (beta_train / "train_log.jsonl").write_text("".join(
+    (beta_train / "model").mkdir(parents=True)
+    (beta_train / "model" / "train_log.jsonl").write_text("".join(
         json.dumps({"step": s, "loss": 1.0 / s, "lr": 1e-4, "time": 0.0}) + "\n" for s in range(1, 40)))
 
     experiments = [
@@ -114,9 +119,13 @@ def test_scalars_come_from_tensorboard_else_the_jsonl_log(report):
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
+    """Run headless Chromium; skip (or, with T2I_REQUIRE_BROWSER=1, fail) without one."""
     binary = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if binary is None:
-        pytest.skip("no chromium binary (apt-get install chromium)")
+        msg = "no chromium binary (apt-get install chromium)"
+        if os.environ.get("T2I_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{msg}; T2I_REQUIRE_BROWSER=1 requires it")
+        pytest.skip(msg)
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -159,3 +168,11 @@ def test_screenshot_shows_a_rendered_page(report, tmp_path):
     img = Image.open(shot).convert("RGB")
     assert img.size == (1280, 1800)
     assert len(img.getcolors(maxcolors=1 << 20)) > 200  # text, table and pictures, not a blank page
+
+
+@pytest.mark.parametrize("require, outcome", [("1", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_fails_only_where_required(monkeypatch, require, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("T2I_REQUIRE_BROWSER", require)
+    with pytest.raises(outcome, match="no chromium binary"):
+        chromium("--version")

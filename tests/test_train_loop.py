@@ -1,4 +1,4 @@
-"""The shared training loop: schedule, EMA, data order, outputs, determinism."""
+"""The shared training loop: schedule, EMA, data order, outputs, determinism (on the toy task)."""
 import json
 
 import pytest
@@ -7,27 +7,18 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from t2i.train.ema import EMA
-from t2i.train.loop import resolve_config, train_defaults
+from t2i.train.loop import TRAIN_DEFAULTS, resolve_config
+from t2i.train.optim import adamw_from_train_config, ema_from_train_config
 from t2i.train.schedule import lr_at, peak_lr
 from t2i.train.state import StepBatchSampler
-from toy_training import ToySystem, toy_model
+from toy_training import ToySystem, assert_same_weights, log_rows, toy_model
 
 CFG = {"steps": 60, "batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "ema_decays": [0.9, 0.5],
        "save_every": 20, "log_every": 5, "seed": 0}
 
 
 def train(out_dir, **overrides):
-    return ToySystem().train({"train": {**CFG, **overrides}}, None, out_dir)
-
-
-def read_rows(out_dir):
-    return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    return ToySystem().train({"train": {**CFG, **overrides}}, {}, out_dir)
 
 
 def test_peak_lr_scales_blr_by_global_batch_unless_lr_is_given():
@@ -35,16 +26,23 @@ def test_peak_lr_scales_blr_by_global_batch_unless_lr_is_given():
     assert peak_lr({"blr": 1e-4, "batch_size": 512, "lr": 3e-3}) == 3e-3
 
 
-def test_warmup_is_linear_then_constant():
+def test_warmup_is_linear_then_constant_or_cosine():
     assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_at(0, 2.0, 0) == 2.0
+    cosine = [lr_at(s, 1.0, 2, "cosine", 6) for s in range(8)]
+    assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[4] == pytest.approx(0.5) and cosine[6:] == [0.0, 0.0]
 
 
-def test_defaults_come_from_the_config_schema():
-    defaults = train_defaults()
-    assert defaults["betas"] == [0.9, 0.95] and defaults["mixed_precision"] == "auto"
+def test_loop_defaults_and_the_conventional_optimizer():
     cfg = resolve_config({"steps": 7})
-    assert cfg["steps"] == 7 and cfg["grad_clip"] == defaults["grad_clip"]
+    assert cfg["steps"] == 7 and cfg["mixed_precision"] == TRAIN_DEFAULTS["mixed_precision"] == "auto"
+    spec = adamw_from_train_config(toy_model(), {"blr": 1e-4, "batch_size": 512, "weight_decay": 0.1,
+                                                 "warmup_steps": 3})
+    assert spec.lr == pytest.approx(2e-4) and spec.betas == (0.9, 0.95) and spec.warmup_steps == 3
+    decayed, plain = spec.groups
+    assert decayed["weight_decay"] == 0.1 and all(p.ndim == 2 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+    assert ema_from_train_config("net", {"ema_decays": [0.5]}).decays == [0.5]
 
 
 def _scalar_model():
@@ -58,11 +56,11 @@ def _scalar_model():
 def test_ema_math_and_state_round_trip():
     model = _scalar_model()
     ema = EMA(model, [0.5, 0.9])
-    for value, count in [(1.0, 1), (3.0, 2)]:
+    for step, (value, count) in enumerate([(1.0, 1), (3.0, 2)]):
         with torch.no_grad():
             model.weight.fill_(value)
             model.count.fill_(count)
-        ema.update(model)
+        ema.update(model, step)
     # 0.5: 0 -> 0.5 -> 1.75; 0.9: 0 -> 0.1 -> 0.39; integer buffers are copied.
     assert ema.weights(0.5)["weight"].item() == pytest.approx(1.75)
     assert ema.weights(0.9)["weight"].item() == pytest.approx(0.39)
@@ -71,8 +69,20 @@ def test_ema_math_and_state_round_trip():
     restored.load_state_dict(ema.state_dict())
     assert restored.weights(0.5)["weight"].item() == pytest.approx(1.75)
     assert restored.weights(0.9)["count"].item() == 2
-    with pytest.raises(ValueError, match="decays"):
+    with pytest.raises(ValueError, match="differ"):
         EMA(model, [0.99]).load_state_dict(ema.state_dict())
+
+
+def test_ema_ramp_uses_the_decay_of_each_step():
+    model = _scalar_model()
+    ema = EMA(model, ramp=lambda step: [0.0, 0.5][step])
+    for step, value in enumerate([2.0, 4.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model, step)
+    assert ema.labels == ["ramp"] and ema.weights("ramp")["weight"].item() == pytest.approx(3.0)  # 2, then 2 -> 3
+    with pytest.raises(ValueError, match="not both"):
+        EMA(model, [0.9], ramp=lambda step: 0.9)
 
 
 def test_data_order_is_a_function_of_the_step():
@@ -102,40 +112,51 @@ def trained(tmp_path_factory):
 
 def test_loss_decreases(trained):
     out, result = trained
-    rows = read_rows(out)
+    rows = log_rows(out)
     assert [r["step"] for r in rows] == list(range(5, 61, 5))
     assert rows[-1]["loss"] < 0.3 * rows[0]["loss"]
-    assert result["loss"] == rows[-1]["loss"] and result["steps_run"] == 60
+    assert result["last_log"] == rows[-1] and result["steps_run"] == 60
     assert rows[0]["lr"] == 1e-2 and rows[0]["time"] <= rows[-1]["time"]
+    assert set(rows[0]) == {"step", "loss", "lr", "time"}
 
 
 def test_outputs_exist_and_load(trained):
+    from t2i.checkpoints.hashing import verify_sha256sums
+    from t2i.report.curves import load_scalars
+
     out, _ = trained
-    model = load_file(out / "model.safetensors")
-    assert_same_weights(model, load_file(out / "ema_0.9.safetensors"))
-    raw, fast_ema = load_file(out / "raw.safetensors"), load_file(out / "ema_0.5.safetensors")
+    model = load_file(out / "model/model.safetensors")
+    assert (out / "model/model.safetensors").read_bytes() == (out / "weights/net.ema-0.9.safetensors").read_bytes()
+    raw, fast_ema = load_file(out / "weights/net.raw.safetensors"), load_file(out / "weights/net.ema-0.5.safetensors")
     assert not torch.equal(model["0.weight"], raw["0.weight"])
     assert not torch.equal(model["0.weight"], fast_ema["0.weight"])
     toy_model().load_state_dict(raw)  # strict: every key and shape matches
     toy_model().load_state_dict(model)
-    provenance = json.loads((out / "provenance.json").read_text())
+    assert {p.name for p in (out / "model").iterdir()} == {"model.safetensors", "config.json", "train_log.jsonl",
+                                                           "provenance.json", "SHA256SUMS"}
+    assert verify_sha256sums(out / "model") == 3
+    provenance = json.loads((out / "model" / "provenance.json").read_text())
     assert provenance["config"]["train"]["steps"] == 60 and provenance["step"] == 60
+    assert provenance["config"]["identity"] == {"model": "toy-mlp", "dim": 8}
     assert json.loads((out / "state" / "meta.json").read_text())["step"] == 60
-    assert not list(out.glob(".*"))  # no temporary files or directories left behind
+    assert not list(out.glob(".*")) and not list(out.glob("*/.*"))  # no temporary files left behind
+    assert not (out / "snapshots").exists()  # snapshot_every: 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert {"train_loss", "lr"} <= set(events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("train_loss")] == list(range(5, 61, 5))
+    assert {"loss", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == list(range(5, 61, 5))
+    curves = load_scalars(out)  # what the report plots
+    assert set(curves) == {"loss", "lr"} and curves["loss"][0] == list(range(5, 61, 5))
 
 
 def test_same_seed_is_bit_identical_and_seed_matters(trained, tmp_path):
     out, _ = trained
     train(tmp_path / "again")
-    for name in ("model.safetensors", "raw.safetensors", "ema_0.5.safetensors"):
-        assert_same_weights(load_file(out / name), load_file(tmp_path / "again" / name))
+    assert_same_weights(out, tmp_path / "again",
+                        ("model/model.safetensors", "weights/net.raw.safetensors", "weights/net.ema-0.5.safetensors"))
     train(tmp_path / "other", seed=1)
-    assert not torch.equal(load_file(out / "raw.safetensors")["0.weight"],
-                           load_file(tmp_path / "other" / "raw.safetensors")["0.weight"])
+    assert not torch.equal(load_file(out / "weights/net.raw.safetensors")["0.weight"],
+                           load_file(tmp_path / "other/weights/net.raw.safetensors")["0.weight"])
 
 
 def test_resume_state_needs_no_unpickling(trained):
@@ -166,10 +187,10 @@ def test_compiled_training_matches_eager_and_resumes_across_the_switch(tmp_path)
     torch._dynamo.utils.counters.clear()
     compiled = train(tmp_path / "compiled", steps=20, compile=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the forward really went through dynamo
-    a, b = load_file(tmp_path / "eager" / "model.safetensors"), load_file(tmp_path / "compiled" / "model.safetensors")
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("eager", "compiled"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    assert compiled["last_log"]["loss"] == pytest.approx(eager["last_log"]["loss"], rel=1e-3)
 
     resumed = train(tmp_path / "eager", steps=30, compile=True)  # state saved eager, continued compiled
     assert resumed["resumed_from"] == 20 and resumed["steps_run"] == 10

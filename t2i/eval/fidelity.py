@@ -37,6 +37,7 @@ from t2i.eval.distances import frechet_distance, gaussian_statistics, kernel_dis
 from t2i.eval.extractors import feature_layers
 from t2i.eval.image_folder import iter_batches, list_images
 from t2i.utils.atomic import atomic_path, read_jsonl
+from t2i.utils.device import default_device
 
 # our result key -> torch_fidelity.calculate_metrics's key
 TORCH_FIDELITY_KEYS = {
@@ -50,10 +51,6 @@ DEFAULT_METRICS = ("fid", "kid", "isc", "prc")
 KID_SUBSETS, ISC_SPLITS, PRC_NEIGHBORHOOD, RNG_SEED = 100, 10, 3, 2020
 # images per extractor batch: the Inception forward on an H200 runs ~25% faster at 500 than at 200
 BATCH_SIZE = 500
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def sample_files(samples_dir: str | Path) -> list[Path]:
@@ -194,3 +191,13 @@ def compute(samples_dir: str | Path, reference_stats_path: str | Path, extractor
                                                 save_cpu_ram=False))
     result.update({ours: tf_result[theirs] for ours, theirs in TORCH_FIDELITY_KEYS.items() if theirs in tf_result})
     return result
+
+
+def fidelity_metric_family(ctx) -> dict:
+    """The ``fidelity`` metric family: ``evaluate.metrics`` against the prompt set's reference statistics."""
+    from t2i.eval.extractors import create_extractor
+
+    cfg = ctx.exp["evaluate"]
+    extractor = create_extractor(cfg["extractor"], ctx.inputs["extractor"], device=default_device())
+    return compute(ctx.samples_dir, ctx.inputs["reference"], extractor, metrics=cfg["metrics"],
+                   batch_size=cfg["batch_size"], kid_subset_size=cfg["kid_subset_size"])

@@ -189,3 +189,10 @@ def score_folder(samples_dir: str | Path, prompts_jsonl: str | Path) -> dict:
     for row, entry in zip(rows, result["per_prompt"]):
         entry.update(id=row["id"], file=row["file"], seed=row.get("seed"))
     return result
+
+
+def score_metric_family(ctx) -> dict | None:
+    """The ``shapes`` metric family: aggregate accuracies, or None for prompts without specs."""
+    if not any(p.get("spec") for p in read_jsonl(ctx.prompts_path)):
+        return None
+    return score_folder(ctx.samples_dir, ctx.prompts_path)["aggregate"]

@@ -22,6 +22,6 @@ def collect_experiments(experiments: list[dict], results: Path) -> list[dict]:
             "metrics": {ps: _read_json(root / "metrics" / f"{ps}.json") for ps in sets},
             "samples_dirs": {ps: root / "samples" / ps for ps in sets},
             "train_dir": root / "train",
-            "provenance": _read_json(root / "train" / "provenance.json"),
+            "provenance": _read_json(root / "train" / "model" / "provenance.json"),
         })
     return records

@@ -12,7 +12,8 @@ Series = tuple[list[int], list[float]]
 
 
 def load_scalars(train_dir: str | Path) -> dict[str, Series]:
-    """``{tag: (steps, values)}`` from ``train_dir/tensorboard`` event files, else from ``train_log.jsonl``.
+    """``{tag: (steps, values)}`` from ``train_dir/tensorboard`` event files, else from the model folder's
+    ``train_log.jsonl``.
 
     Empty when the training folder has neither (e.g. a system that does not train).
     """
@@ -27,7 +28,7 @@ def load_scalars(train_dir: str | Path) -> dict[str, Series]:
                    for tag in acc.Tags()["scalars"]}
         if scalars:
             return scalars
-    log = train_dir / "train_log.jsonl"
+    log = train_dir / "model" / "train_log.jsonl"
     if not log.is_file():
         return {}
     rows = read_jsonl(log)

@@ -1,7 +1,8 @@
-"""``python -m t2i.train.entry EXP_JSON PREPARED_DIR OUT_DIR``: train one experiment.
+"""``python -m t2i.train.entry JOB_JSON OUT_DIR``: train one experiment.
 
-``accelerate launch`` starts this module once per process (see :mod:`t2i.train.launch`);
-it hands the experiment to its system, whose ``train`` calls the shared loop.
+``JOB_JSON`` holds ``{"exp": {... "system" ...}, "inputs": {role: folder}}``. ``accelerate launch``
+starts this module once per process (see :mod:`t2i.train.launch`); it hands the experiment to
+its system, whose ``train`` builds a TrainTask and runs the shared loop.
 """
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ def load_system(name: str):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m t2i.train.entry", description=__doc__.splitlines()[0])
-    parser.add_argument("exp_json", type=Path, help="the experiment dict (with `name` and `system`) as JSON")
-    parser.add_argument("prepared_dir", type=Path, help="the system's prepared training data")
-    parser.add_argument("out_dir", type=Path, help="where weights, logs and state/ go")
+    parser.add_argument("job_json", type=Path, help='{"exp": the experiment (with `system`), "inputs": {role: folder}}')
+    parser.add_argument("out_dir", type=Path, help="where the model folder, logs and state/ go")
     args = parser.parse_args(argv)
-    exp = json.loads(args.exp_json.read_text(encoding="utf-8"))
-    load_system(exp["system"]).train(exp, args.prepared_dir, args.out_dir)
+    job = json.loads(args.job_json.read_text(encoding="utf-8"))
+    inputs = {role: Path(folder) for role, folder in job["inputs"].items()}
+    load_system(job["exp"]["system"]).train(job["exp"], inputs, args.out_dir)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a clean exit for each `accelerate launch` worker
 

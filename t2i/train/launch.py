@@ -22,6 +22,7 @@ from accelerate.utils import patch_environment
 from t2i.train import entry
 from t2i.train.state import handle_signals
 from t2i.utils.atomic import atomic_write_json
+from t2i.utils.device import require_gpus
 
 
 def launch(entry_args: list[str | os.PathLike], num_processes: int, *, cpu: bool = False) -> None:
@@ -47,8 +48,11 @@ def launch(entry_args: list[str | os.PathLike], num_processes: int, *, cpu: bool
         raise subprocess.CalledProcessError(returncode, cmd)
 
 
-def launch_training(exp: dict, prepared_dir: str | Path, out_dir: str | Path, num_processes: int) -> None:
-    """Train experiment ``exp`` (rule train): on GPUs when there are any, else on CPU."""
-    exp_json = Path(out_dir) / "experiment.json"
-    atomic_write_json(exp_json, exp)
-    launch([str(exp_json), str(prepared_dir), str(out_dir)], num_processes, cpu=not torch.cuda.is_available())
+def launch_training(exp: dict, inputs: dict[str, str | os.PathLike], out_dir: str | Path, num_processes: int, *,
+                    gpus: int) -> None:
+    """Train experiment ``exp`` from ``inputs`` (role -> folder) into ``out_dir`` (rule train): on GPUs when
+    there are any, else on CPU. ``gpus`` (``resources.gpu``) > 0 without a working CUDA device fails at once."""
+    require_gpus(gpus, f"train {exp['name']}")
+    job_json = Path(out_dir) / "job.json"
+    atomic_write_json(job_json, {"exp": exp, "inputs": {role: str(folder) for role, folder in inputs.items()}})
+    launch([job_json, out_dir], num_processes, cpu=not torch.cuda.is_available())

@@ -1,8 +1,9 @@
-"""The one training loop every system uses: accelerate, AdamW, EMA, crash-safe resume.
+"""The one training loop every system uses: it runs a :class:`~t2i.train.task.TrainTask`.
 
-A system builds its model, dataset and loss and calls :func:`run_training`; the loop
-owns everything else: device placement, DDP, bf16 autocast, the data order, the lr
-schedule, EMA, logging, the resumable state and the final weights.
+A system builds the task (networks, optimizers, EMAs, one step's work, the export) and calls
+:func:`run_training`; the loop owns everything else: device placement, DDP, bf16 autocast,
+the data order, the lr schedules, EMAs, weight snapshots, logging, the resumable state,
+signals and the final checkpoint folder.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import shutil
 import signal
 import sys
 import time
-from functools import lru_cache
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import send_to_device, set_seed
@@ -24,16 +24,22 @@ from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from t2i.train.ema import EMA
-from t2i.train.schedule import lr_at, peak_lr
-from t2i.train.state import StateDir, StepBatchSampler, handle_signals, identity
-from t2i.utils.atomic import atomic_path, atomic_write_jsonl
+from t2i.checkpoints.hashing import write_sha256sums
+from t2i.train.ema import EMASet
+from t2i.train.schedule import lr_at
+from t2i.train.state import StateDir, StepBatchSampler, handle_signals, identity, input_hashes
+from t2i.train.task import OptimizerSpec, TrainTask
+from t2i.utils.atomic import atomic_dir, atomic_path, atomic_write_jsonl
 from t2i.utils.compile import compile_if_wanted
 from t2i.utils.provenance import config_hash, write_provenance
 
 log = get_logger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+# The train keys the loop reads, and their values where a train block leaves them out.
+TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 64, "seed": 0, "mixed_precision": "auto", "compile": "auto",
+                  "num_workers": 0, "save_every": 500, "log_every": 50, "snapshot_every": 0}
+MODEL, WEIGHTS, SNAPSHOTS, TENSORBOARD = "model", "weights", "snapshots", "tensorboard"
+_OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 class TrainingInterrupted(SystemExit):
@@ -47,16 +53,9 @@ class TrainingInterrupted(SystemExit):
         return f"training interrupted by {signal.Signals(self.signum).name} at step {self.step} (state saved)"
 
 
-@lru_cache(maxsize=None)
-def train_defaults() -> dict:
-    """Defaults of every ``train:`` key, read from the config schema (the one place they are defined)."""
-    props = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))["$defs"]["train"]["properties"]
-    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
-
-
 def resolve_config(cfg: dict) -> dict:
-    """``cfg`` with missing keys filled from :func:`train_defaults`."""
-    return {**train_defaults(), **cfg}
+    """``cfg`` with missing loop keys filled from :data:`TRAIN_DEFAULTS`."""
+    return {**TRAIN_DEFAULTS, **cfg}
 
 
 def _mixed_precision(value: str) -> str:
@@ -65,11 +64,74 @@ def _mixed_precision(value: str) -> str:
     return value
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and kernels only, not on biases and norm scales (1-d parameters)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+def _build_optimizer(spec: OptimizerSpec) -> tuple[torch.optim.Optimizer, list[float]]:
+    """The torch optimizer of ``spec`` and each of its groups' ``lr_mult``; groups with ``lr_mult == 0``
+    are frozen (``requires_grad`` off) and left out."""
+    groups, mults = [], []
+    for group in spec.groups:
+        params, mult = list(group["params"]), group.get("lr_mult", 1.0)
+        if mult == 0:
+            for p in params:
+                p.requires_grad_(False)
+            continue
+        groups.append({**{k: v for k, v in group.items() if k != "lr_mult"}, "params": params})
+        mults.append(mult)
+    optimizer = _OPTIMIZERS[spec.kind](groups, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
+                                       weight_decay=spec.weight_decay)
+    return optimizer, mults
+
+
+def _describe(task: TrainTask) -> dict:
+    """The task's part of the resume identity: its own ``identity``, optimizer specs and EMAs."""
+    optimizers = {}
+    for name, spec in task.optimizers.items():
+        optimizers[name] = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "groups"}
+        optimizers[name]["groups"] = [{k: v for k, v in g.items() if k != "params"} for g in spec.groups]
+    ema = [{"module": e.module, "decays": e.decays, "ramp": e.ramp is not None} for e in task.ema]
+    return {"identity": task.identity, "optimizers": optimizers, "ema": ema}
+
+
+class _Context:
+    """What ``TrainTask.step`` may use (:class:`t2i.train.task.StepContext`)."""
+
+    def __init__(self, accelerator: Accelerator, modules: dict, frozen: dict, optimizers: dict,
+                 specs: dict[str, OptimizerSpec], mults: dict[str, list[float]]):
+        self.accelerator, self.step = accelerator, 0
+        self._modules, self._optimizers, self._specs, self._mults = {**frozen, **modules}, optimizers, specs, mults
+        self._params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
+        self._lr: dict[str, float] = {}
+
+    def begin(self, step: int) -> None:
+        """Set every optimizer's lr for step ``step`` (0-based)."""
+        self.step = step
+        for name, spec in self._specs.items():
+            self._lr[name] = lr = lr_at(step, spec.lr, spec.warmup_steps, spec.decay, spec.total_steps)
+            for group, mult in zip(self._optimizers[name].param_groups, self._mults[name]):
+                group["lr"] = lr * mult
+
+    def module(self, name: str) -> torch.nn.Module:
+        return self._modules[name]
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        self.accelerator.backward(loss, **kwargs)
+
+    def optimizer_step(self, name: str) -> None:
+        if self._specs[name].grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self._params[name], self._specs[name].grad_clip)
+        self._optimizers[name].step()
+        self.zero_grad(name)
+
+    def zero_grad(self, name: str) -> None:
+        self._optimizers[name].zero_grad(set_to_none=True)
+
+    def lr(self, name: str) -> float:
+        return self._lr[name]
+
+    def lrs(self) -> dict[str, float]:
+        """Log keys: ``lr`` for a single optimizer, else ``lr/<name>``."""
+        if len(self._lr) == 1:
+            return {"lr": next(iter(self._lr.values()))}
+        return {f"lr/{name}": lr for name, lr in self._lr.items()}
 
 
 class _StopRequest:
@@ -90,33 +152,40 @@ class _StopRequest:
 
 
 class _Metrics:
-    """Loss/lr rows for ``train_log.jsonl`` and TensorBoard (written by the main process only)."""
+    """The task's scalars, averaged over each log window and the processes, as ``train_log.jsonl`` rows
+    and TensorBoard scalars (written by the main process only). Adding a step's scalars never syncs."""
 
     def __init__(self, accelerator: Accelerator, out_dir: Path, rows: list[dict], start: int):
         self.acc, self.rows = accelerator, rows
-        self.window_sum = torch.zeros((), device=accelerator.device)
-        self.window_len = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.writer = None
         if accelerator.is_main_process:
             # purge_step hides events a killed run logged after the state we resume from.
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+            self.writer = SummaryWriter(str(out_dir / TENSORBOARD), purge_step=start + 1 if start else None)
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.window_sum += loss.detach().float()
-        self.window_len += 1
+    def add(self, scalars: dict[str, torch.Tensor]) -> None:
+        for name, value in scalars.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
 
-    def emit(self, step: int, lr: float) -> dict:
-        """Average the window over steps and processes, record it, start a new window."""
-        loss = self.acc.reduce(self.window_sum, reduction="mean").item() / self.window_len
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"train loss is {loss} at step {step}")
-        row = {"step": step, "loss": loss, "lr": lr, "time": time.time()}
+    def emit(self, step: int, lrs: dict[str, float]) -> dict:
+        """Average the window (one reduce over processes), record it, start a new window."""
+        names = sorted(self.sums)
+        values = []
+        if names:
+            means = torch.stack([self.sums[n] / self.counts[n] for n in names])
+            values = self.acc.reduce(means, reduction="mean").tolist()
+        scalars = dict(zip(names, values))
+        for name, value in scalars.items():
+            if name.startswith("loss") and not math.isfinite(value):
+                raise FloatingPointError(f"{name} is {value} at step {step}")
+        row = {"step": step, **scalars, **lrs, "time": time.time()}
         self.rows.append(row)
-        self.window_sum.zero_()
-        self.window_len = 0
+        self.sums, self.counts = {}, {}
         if self.writer is not None:
-            self.writer.add_scalar("train_loss", loss, step)
-            self.writer.add_scalar("lr", lr, step)
+            for name, value in {**scalars, **lrs}.items():
+                self.writer.add_scalar(name, value, step)
         return row
 
     def close(self) -> None:
@@ -124,37 +193,52 @@ class _Metrics:
             self.writer.close()
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Atomically write ``state`` as safetensors, from contiguous CPU copies (safetensors refuses shared storage)."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, str(tmp))
+        save_file(_cpu(state), str(tmp))
 
 
-def _final_files(out_dir: Path) -> list[Path]:
-    names = ["model.safetensors", "raw.safetensors", "train_log.jsonl", "provenance.json"]
-    return [out_dir / n for n in names] + sorted(out_dir.glob("ema_*.safetensors"))
+def _snapshot_step(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
 
 
-def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
-                 loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-                 cfg: dict, out_dir: str | Path, *, fingerprint: Any = None,
-                 collate_fn: Callable | None = None) -> dict:
-    """Train ``model`` for ``cfg["steps"]`` optimizer steps, resuming from ``out_dir/state/``.
+def _clean_outputs(out_dir: Path, start: int, steps: int) -> None:
+    """Before training: drop the final outputs of an earlier run; on a fresh start also its curves and
+    snapshots, on a resume the snapshots a killed run wrote after its last saved state."""
+    if start < steps:
+        for name in (MODEL, WEIGHTS):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    if start == 0:
+        for name in (TENSORBOARD, SNAPSHOTS):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    for path in (out_dir / SNAPSHOTS).glob("*.safetensors"):
+        if _snapshot_step(path) > start:
+            path.unlink()
 
-    ``loss_fn(model, batch)`` returns a scalar loss; ``model`` is the prepared (possibly
-    DDP-wrapped) module, so call it rather than reaching for its attributes, and draw
-    randomness from torch's global RNG (seeded here, restored on resume). ``cfg`` is the
-    ``train:`` block (missing keys get the schema defaults); ``fingerprint`` identifies
-    what the config does not (model config, dataset). A saved state is resumed only if
-    both match (``steps``, ``save_every``, ``log_every``, ``num_workers``, ``compile`` may
-    change). With ``compile`` the module's forward is compiled in place before DDP wraps it.
 
-    Writes to ``out_dir``: ``model.safetensors`` (EMA of ``ema_decays[0]``),
-    ``ema_<decay>.safetensors``, ``raw.safetensors``, ``train_log.jsonl``, ``tensorboard/``,
-    ``provenance.json``, and ``state/``. On SIGTERM/SIGINT it saves the state and raises
-    :class:`TrainingInterrupted` (a ``SystemExit`` with a non-zero code).
+def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, out_dir: str | Path, *,
+                 inputs: dict[str, Path] | None = None, collate_fn: Callable | None = None) -> dict:
+    """Run ``task`` for ``cfg["steps"]`` optimizer steps, resuming from ``out_dir/state/``.
 
-    Returns ``{"step", "resumed_from", "steps_run", "loss", "wall_time_s"}``.
+    ``cfg`` is the ``train:`` block; the loop reads ``steps``, ``batch_size``, ``seed``,
+    ``mixed_precision``, ``compile``, ``num_workers``, ``save_every``, ``log_every`` and
+    ``snapshot_every`` (missing keys: :data:`TRAIN_DEFAULTS`). ``inputs`` (role -> folder with
+    a ``SHA256SUMS``) are what the task was built from. A saved state is resumed only if the
+    config (but for ``steps``, ``save_every``, ``log_every``, ``num_workers``, ``compile``,
+    ``snapshot_every``), the task (identity, optimizers, EMAs) and every input's content match.
+
+    Writes to ``out_dir``: ``model/`` (``task.export``'s folder plus ``train_log.jsonl``,
+    ``provenance.json``, ``SHA256SUMS``), ``weights/<module>.raw.safetensors`` and
+    ``weights/<module>.ema-<decay|ramp>.safetensors``, ``snapshots/<module>-<step>.safetensors``
+    (every ``snapshot_every`` steps), ``tensorboard/`` and ``state/``. On SIGTERM/SIGINT it
+    saves the state and raises :class:`TrainingInterrupted` (a ``SystemExit``, non-zero code).
+
+    Returns ``{"step", "resumed_from", "steps_run", "wall_time_s", "last_log"}`` (the last log row).
     """
     t0 = time.time()
     cfg = resolve_config(cfg)
@@ -162,25 +246,31 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
     acc = Accelerator(mixed_precision=_mixed_precision(cfg["mixed_precision"]))
     set_seed(cfg["seed"], device_specific=True)
     steps = cfg["steps"]
+    ident = identity(cfg, _describe(task), input_hashes(inputs))
 
-    compile_if_wanted(model, cfg["compile"], acc.device)
-    peak = peak_lr(cfg)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg["weight_decay"]), lr=peak, betas=tuple(cfg["betas"]))
-    model, optimizer = acc.prepare(model, optimizer)
-    raw = acc.unwrap_model(model)
-    ema = EMA(raw, cfg["ema_decays"])
+    built = {name: _build_optimizer(spec) for name, spec in task.optimizers.items()}
+    for module in task.frozen.values():
+        module.to(acc.device).eval().requires_grad_(False)
+    for name in getattr(task, "compile_modules", task.modules):
+        compile_if_wanted({**task.frozen, **task.modules}[name], cfg["compile"], acc.device)
+    objects = [*task.modules.values(), *(opt for opt, _ in built.values())]
+    prepared = acc.prepare(*objects)
+    prepared = list(prepared) if len(objects) > 1 else [prepared]
+    modules = dict(zip(task.modules, prepared))
+    optimizers = dict(zip(task.optimizers, prepared[len(modules):]))
+    raw = {name: acc.unwrap_model(m) for name, m in modules.items()}
+    emas = EMASet(task.ema, raw)
+    ctx = _Context(acc, modules, task.frozen, optimizers, task.optimizers,
+                   {name: mults for name, (_, mults) in built.items()})
 
-    ident = identity(cfg, fingerprint)
-    state = StateDir(out_dir, acc, tensors=ema)
+    state = StateDir(out_dir, acc, tensors=emas)
     start, rows = state.restore(ident, steps)
-    if start < steps and acc.is_main_process:
-        for path in _final_files(out_dir):
-            path.unlink(missing_ok=True)
-        if start == 0:
-            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    if acc.is_main_process:
+        _clean_outputs(out_dir, start, steps)
 
-    sampler = StepBatchSampler(len(dataset), cfg["batch_size"], rank=acc.process_index, world=acc.num_processes,
-                               seed=cfg["seed"], start=start, stop=steps)
+    sampler = (getattr(task, "batch_sampler", None) or StepBatchSampler)(
+        dataset_size=len(dataset), global_batch=cfg["batch_size"], rank=acc.process_index,
+        world=acc.num_processes, seed=cfg["seed"], start=start, stop=steps)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler,
         num_workers=cfg["num_workers"], collate_fn=collate_fn, pin_memory=acc.device.type == "cuda",
@@ -191,35 +281,33 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
     progress = tqdm(total=steps, initial=min(start, steps), desc="train", unit="step", dynamic_ncols=True,
                     mininterval=1 if sys.stderr.isatty() else 30,  # a job log gets a line every 30 s
                     disable=not acc.is_main_process)
-    step, saved = start, start
-    model.train()
+    done, saved = start, start
+    for module in modules.values():
+        module.train()
     try:
         with handle_signals(stop):
-            for step, batch in enumerate(loader, start=start + 1):  # step = optimizer steps done after this one
-                lr = lr_at(step - 1, peak, cfg["warmup_steps"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_fn(model, send_to_device(batch, acc.device))
-                acc.backward(loss)
-                if cfg["grad_clip"] > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                ema.update(raw)
-                metrics.add(loss)
+            for done, batch in enumerate(loader, start=start + 1):  # done: optimizer steps after this one
+                ctx.begin(done - 1)
+                scalars = task.step(send_to_device(batch, acc.device), done - 1, ctx)
+                emas.update(raw, done - 1)
+                metrics.add(scalars)
                 progress.update(1)
-                if step % cfg["log_every"] == 0 or step == steps:
-                    row = metrics.emit(step, lr)
-                    progress.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.3g}")
-                    log.info(f"step {step}/{steps} loss {row['loss']:.5g} lr {lr:.4g}")
-                if step % cfg["save_every"] == 0 or step == steps:
-                    state.save(step, ident, metrics.rows)
-                    saved = step
+                if done % cfg["log_every"] == 0 or done == steps:
+                    row = metrics.emit(done, ctx.lrs())
+                    shown = {k: v for k, v in row.items() if k not in ("step", "time")}
+                    progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+                    log.info(f"step {done}/{steps} " + " ".join(f"{k} {v:.5g}" for k, v in shown.items()))
+                if cfg["snapshot_every"] and done % cfg["snapshot_every"] == 0 and acc.is_main_process:
+                    for name, module in raw.items():
+                        _save_weights(module.state_dict(), out_dir / SNAPSHOTS / f"{name}-{done:08d}.safetensors")
+                if done % cfg["save_every"] == 0 or done == steps:
+                    state.save(done, ident, metrics.rows)
+                    saved = done
                 signum = stop.agreed(acc)
                 if signum:
-                    if saved != step:
-                        state.save(step, ident, metrics.rows)
-                    interrupted = TrainingInterrupted(signum, step)
+                    if saved != done:
+                        state.save(done, ident, metrics.rows)
+                    interrupted = TrainingInterrupted(signum, done)
                     log.warning(str(interrupted))
                     raise interrupted
     finally:
@@ -227,15 +315,22 @@ def run_training(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
         metrics.close()
 
     if acc.is_main_process:
-        for decay in ema.decays:
-            _save_weights(ema.weights(decay), out_dir / f"ema_{decay}.safetensors")
-        _save_weights(ema.weights(ema.decays[0]), out_dir / "model.safetensors")
-        _save_weights(raw.state_dict(), out_dir / "raw.safetensors")
-        atomic_write_jsonl(out_dir / "train_log.jsonl", metrics.rows)
-        write_provenance(out_dir, {"train": cfg, "fingerprint": fingerprint}, seeds=cfg["seed"],
-                         wall_time_s=time.time() - t0,
-                         extra={"state_fingerprint": config_hash(ident), "step": step, "resumed_from": start,
-                                "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision})
+        exported = {}
+        for name, module in raw.items():
+            variants = emas.variants(name)
+            _save_weights(module.state_dict(), out_dir / WEIGHTS / f"{name}.raw.safetensors")
+            for label, weights in variants.items():
+                _save_weights(weights, out_dir / WEIGHTS / f"{name}.ema-{label}.safetensors")
+            exported[name] = _cpu(next(iter(variants.values()), module.state_dict()))
+        with atomic_dir(out_dir / MODEL) as tmp:
+            task.export(exported, tmp)
+            atomic_write_jsonl(tmp / "train_log.jsonl", metrics.rows)
+            write_provenance(tmp, {"train": cfg, "identity": task.identity,
+                                   "inputs": {role: str(path) for role, path in (inputs or {}).items()}},
+                             seeds=cfg["seed"], wall_time_s=time.time() - t0,
+                             extra={"state_fingerprint": config_hash(ident), "step": done, "resumed_from": start,
+                                    "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision})
+            write_sha256sums(tmp)
     acc.wait_for_everyone()
-    return {"step": step, "resumed_from": start, "steps_run": step - start,
-            "loss": metrics.rows[-1]["loss"] if metrics.rows else None, "wall_time_s": time.time() - t0}
+    return {"step": done, "resumed_from": start, "steps_run": done - start, "wall_time_s": time.time() - t0,
+            "last_log": metrics.rows[-1] if metrics.rows else None}

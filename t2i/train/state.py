@@ -1,8 +1,8 @@
 """What makes a training run resumable: the data order as a function of the step, the
 on-disk state (``out_dir/state/``), its fingerprint, and signal handling.
 
-``state/`` holds accelerate's ``save_state`` (model, optimizer, every process's RNG,
-the registered EMA) plus ``train_log.jsonl`` (the log rows up to the saved step) and
+``state/`` holds accelerate's ``save_state`` (modules, optimizers, every process's RNG),
+``extra.safetensors`` (the EMAs) plus ``train_log.jsonl`` (the log rows up to the saved step) and
 ``meta.json`` (step, fingerprint, the fingerprinted config). It is written to
 ``.state.tmp`` and swapped in by renames, so ``state/`` is always a complete state.
 """
@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
+from t2i.checkpoints.hashing import MANIFEST, sha256_file
 from t2i.utils.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
 from t2i.utils.provenance import config_hash
 
@@ -36,7 +37,7 @@ EXTRA = "extra.safetensors"
 _TMP, _OLD = ".state.tmp", ".state.old"
 
 # Train keys that may change without invalidating a saved state.
-RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers", "compile")
+RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers", "compile", "snapshot_every")
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -73,27 +74,45 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield order[first:first + self.local_batch].tolist()
 
 
-def identity(cfg: dict, fingerprint: Any) -> dict:
+def input_hashes(inputs: dict[str, str | os.PathLike] | None) -> dict[str, str]:
+    """``{role: sha256 of the folder's SHA256SUMS}``: the content identity of each input folder."""
+    hashes = {}
+    for role, folder in (inputs or {}).items():
+        manifest = Path(folder) / MANIFEST
+        if not manifest.is_file():
+            raise FileNotFoundError(f"input {role!r} ({folder}) has no {MANIFEST}: cannot tell whether it changed "
+                                    "since a saved training state (the rule that wrote it must list its files there)")
+        hashes[role] = sha256_file(manifest)
+    return hashes
+
+
+def identity(cfg: dict, task: Any, inputs: dict[str, str]) -> dict:
     """What a saved state must match to be resumed: the train config minus ``RESUMABLE_KEYS``,
-    plus the caller's fingerprint (model config, dataset identity), JSON-normalised."""
+    the task's own description (``task``) and the input hashes, JSON-normalised."""
     train = {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
     # As it reads back from meta.json (tuples -> lists, paths -> strings), so the two compare.
-    return json.loads(json.dumps({"train": train, "caller": fingerprint}, sort_keys=True, default=str))
+    return json.loads(json.dumps({"train": train, "task": task, "inputs": inputs}, sort_keys=True, default=str))
 
 
 def _why_different(saved: dict, current: dict) -> str:
-    old, new = saved.get("train", {}), current["train"]
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if changed:
-        return "train config changed (" + ", ".join(changed) + ")"
-    return "model/data fingerprint changed"
+    def changed(part: str) -> tuple[dict, dict, list[str]]:
+        old, new = saved.get(part, {}), current[part]
+        return old, new, [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+    old, new, keys = changed("train")
+    if keys:
+        return "train config changed (" + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) + ")"
+    _, _, roles = changed("inputs")
+    if roles:
+        return "input changed: " + ", ".join(f"{role!r} ({MANIFEST} differs)" for role in roles)
+    return "the task changed (" + ", ".join(changed("task")[2]) + ")"
 
 
 class StateDir:
     """``out_dir/state/``: save, load, discard; every method is called by all processes."""
 
     def __init__(self, out_dir: str | Path, accelerator: Accelerator, tensors: Any = None):
-        """``tensors``: an object with ``state_dict()``/``load_state_dict()`` of tensors only (the EMA),
+        """``tensors``: an object with ``state_dict()``/``load_state_dict()`` of tensors only (the EMAs),
         kept in ``state/extra.safetensors`` so that resuming never unpickles it."""
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / STATE
