@@ -8,8 +8,9 @@ The frozen LLM never runs in a training step here (t2i caches its pooled feature
 `rule prepare`), and sampling encodes each prompt once. `text_dim` 3072 is llm-jp-3-3.7b's
 hidden size. Prints images/s for training steps (AdamW, bf16 autocast on CUDA) and for
 the ODE sampler (Heun, CFG inside [interval_min, interval_max] only). ``--loop`` also times
-the same network in ``t2i.train.loop.run_training`` (accelerate, two EMAs, gradient
-clipping, DataLoader workers), the path every workflow training job takes.
+the same network as the ``jit`` system's training task in ``t2i.train.loop.run_training``
+(accelerate, two EMAs, gradient clipping, caption dropout, DataLoader workers), the path every
+workflow training job takes.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 from t2i.diffusion.flow import jit_loss, sample
 from t2i.models.jit import jit_from_preset
+from t2i.systems.jit import JiTTask
 from t2i.train.loop import run_training
 
 
@@ -47,15 +49,15 @@ def loop_images_per_second(args, compile: bool) -> float:
     model = jit_from_preset(args.preset, input_size=args.size, text_dim=args.text_dim)
     data = _SyntheticImages(4 * args.batch, args.size, args.text_dim)
 
-    def loss_fn(net, batch):
-        return jit_loss(net, batch["image"], batch["text"], P_mean=-0.8, P_std=0.8, noise_scale=1.0, t_eps=0.05)
-
     every = 10
     cfg = {"steps": every * (2 + args.steps // every), "batch_size": args.batch, "blr": 5e-5, "log_every": every,
            "save_every": 10 ** 9, "ema_decays": [0.9999, 0.9996], "num_workers": 4, "compile": compile}
+    objective = {"P_mean": -0.8, "P_std": 0.8, "noise_scale": 1.0, "t_eps": 0.05, "cond_dropout": 0.1}
+    task = JiTTask(model, {"model": objective, "train": cfg}, torch.zeros(args.text_dim),
+                   meta={"image_size": args.size, "text_dim": args.text_dim, "noise_scale": 1.0, "t_eps": 0.05})
     with tempfile.TemporaryDirectory() as out:
-        run_training(model, data, loss_fn, cfg, out)
-        rows = [json.loads(line) for line in open(f"{out}/train_log.jsonl")]
+        run_training(task, data, cfg, out)
+        rows = [json.loads(line) for line in open(f"{out}/model/train_log.jsonl")]
     return (rows[-1]["step"] - rows[1]["step"]) * args.batch / (rows[-1]["time"] - rows[1]["time"])
 
 

@@ -33,7 +33,7 @@ def test_classifier_is_deterministic(dataset, tmp_path):
 def test_classifier_learns_and_writes_its_outputs(dataset, tmp_path):
     metrics = train_shapes_classifier(dataset, tmp_path, seed=0, steps=400)
     written = {p.name for p in tmp_path.iterdir()}
-    assert written == {"model.safetensors", "config.json", "metrics.json", "provenance.json"}
+    assert written == {"model.safetensors", "config.json", "metrics.json", "provenance.json", "SHA256SUMS"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     held = metrics["heldout"]
     assert held["num_images"] > 40

@@ -67,6 +67,7 @@ class GANTask:
                            "D": OptimizerSpec([{"params": d.parameters()}], lr=4e-3, betas=(0.0, 0.99), kind="adam",
                                               warmup_steps=8, grad_clip=5.0)}
         self.ema = [EMASpec("G", ramp=ema_ramp)]
+        self.compile_modules = ["G"]  # R1's double backward does not go through torch.compile
         self.identity = {"gan": "ring"}
         self.sleep_s = sleep_s
 
@@ -75,7 +76,7 @@ class GANTask:
             time.sleep(self.sleep_s)
         g, d = ctx.module("G"), ctx.module("D")
         with torch.no_grad():
-            fake = g(torch.randn(len(real), NOISE))
+            fake = g(torch.randn(len(real), NOISE, device=real.device))
         loss_d = F.softplus(d(fake)).mean() + F.softplus(-d(real)).mean()
         ctx.backward(loss_d)
         out = {"loss_d": loss_d.detach()}
@@ -86,7 +87,7 @@ class GANTask:
             ctx.backward(r1 * (R1_GAMMA / 2 * R1_EVERY))
             out["r1"] = r1.detach()
         ctx.optimizer_step("D")
-        loss_g = F.softplus(-d(g(torch.randn(len(real), NOISE)))).mean()
+        loss_g = F.softplus(-d(g(torch.randn(len(real), NOISE, device=real.device)))).mean()
         ctx.backward(loss_g)
         ctx.optimizer_step("G")
         ctx.zero_grad("D")  # G's backward reached D's parameters too
@@ -215,7 +216,7 @@ def test_frozen_modules_stay_out_of_state_emas_optimizers_and_weights(tmp_path):
     assert safetensors_under(tmp_path, "weights") == ["weights/net.ema-0.9.safetensors", "weights/net.raw.safetensors"]
     assert task.exported == ["net"]
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_before.items())
+    assert all(torch.equal(teacher.state_dict()[k].cpu(), v) for k, v in teacher_before.items())
     assert log_rows(tmp_path)[-1]["loss"] < log_rows(tmp_path)[0]["loss"]
 
 

@@ -29,6 +29,14 @@ def shapes_cnn(cfg: dict, dataset_dir: Path, out_dir: Path) -> dict:
                                    lr=cfg["lr"])
 
 
+def clip(cfg: dict, dataset_dir: Path, out_dir: Path) -> dict:
+    """The Shapes CLIP (``t2i.text.shapes_clip``): a ``CLIPModel`` + tokenizer + processor folder."""
+    from t2i.text.shapes_clip import train_shapes_clip
+
+    return train_shapes_clip(dataset_dir, out_dir, cfg)
+
+
 RECIPES: dict[str, Callable[[dict, Path, Path], dict]] = {
     "shapes-cnn": shapes_cnn,
+    "clip": clip,
 }
