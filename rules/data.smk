@@ -10,8 +10,7 @@ rule dataset:
         annotations=f"{RESULTS}/datasets/{{dataset}}/annotations.jsonl",
         done=f"{RESULTS}/datasets/{{dataset}}/SHA256SUMS",
     params:
-        cfg=lambda wc: wf.dataset_config(config, wc.dataset),
-        out_dir=lambda wc: f"{RESULTS}/datasets/{wc.dataset}",
+        cfg=lambda wc: wf.canonical(wf.dataset_config(config, wc.dataset)),
     log:
         f"{RESULTS}/logs/dataset/{{dataset}}.log",
     benchmark:

@@ -23,7 +23,7 @@ from t2i.config import EXTRACTOR_ASSETS, system_spec
 
 RESULTS = "results"
 STAGES = ("prepare", "train", "sample", "evaluate")
-# Keys that change how fast a stage runs, never what it produces.
+# Keys that change how fast a stage runs, never what it produces (a system adds its own in x-t2i.speed_keys).
 SPEED_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("save_every", "log_every", "num_workers", "compile"),
     "sample": ("gen_bsz", "compile"),
@@ -72,9 +72,16 @@ def stage_experiment(config: dict, exp: str, stage: str) -> dict:
     return view
 
 
+def speed_keys(system: str) -> dict[str, set[str]]:
+    """Speed-only keys by block: the shared ones plus the system's ``x-t2i.speed_keys``."""
+    extra = system_spec(system).get("speed_keys", {})
+    return {block: set(SPEED_KEYS.get(block, ())) | set(extra.get(block, ())) for block in {*SPEED_KEYS, *extra}}
+
+
 def without_speed_keys(view: dict) -> dict:
-    """``view`` minus the speed-only knobs of every block."""
-    return {block: ({k: v for k, v in value.items() if k not in SPEED_KEYS[block]} if block in SPEED_KEYS else value)
+    """``view`` (with its ``system``) minus the speed-only knobs of every block."""
+    speed = speed_keys(view["system"])
+    return {block: ({k: v for k, v in value.items() if k not in speed[block]} if block in speed else value)
             for block, value in view.items()}
 
 

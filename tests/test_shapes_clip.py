@@ -35,7 +35,7 @@ def trained(shapes32, tmp_path_factory):
 
 
 def _texts(dataset) -> list[str]:
-    return [t for r in read_jsonl(dataset / "annotations.jsonl") for t in shapes_clip.texts_of(r).values()]
+    return [t for r in read_jsonl(dataset / "annotations.jsonl") for v in shapes_clip.texts_of(r).values() for t in v]
 
 
 def test_tokenizer_is_word_level_and_deterministic(shapes32):
@@ -61,10 +61,15 @@ def test_tokenizer_is_word_level_and_deterministic(shapes32):
 
 def test_caption_choice_is_keyed_by_step():
     images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
-    ids = {k: [[i, 100 + j] for i in range(8)] for j, k in enumerate(shapes_clip.TEXT_KINDS)}
+    ids = [{k: [[i, 100 + j, n] for n in range(3)] for j, k in enumerate(shapes_clip.TEXT_KINDS)} for i in range(8)]
     data = shapes_clip._Pairs(images, ids, "mixed", seed=0)
-    assert [data[(i, 5)][1] for i in range(8)] == [data[(i, 5)][1] for i in range(8)]
-    assert len({tuple(data[(3, s)][1]) for s in range(20)}) > 1
+    assert [data[(i, 5)][1:] for i in range(8)] == [data[(i, 5)][1:] for i in range(8)]
+    drawn = [data[(i, s)][1] for i in range(8) for s in range(40)]
+    assert {t[1] - 100 for t in drawn} == set(range(4)) and {t[2] for t in drawn} == set(range(3))
+    # a step draws long captions for all its images or for none (short padding on the other steps)
+    long = [[data[(i, s)][1][1] == 103 for i in range(8)] for s in range(40)]
+    assert all(len(set(step)) == 1 for step in long) and any(step[0] for step in long)
+    assert shapes_clip._Pairs(images, ids, "tag", seed=0)[(2, 7)][1][:2] == [2, 101]
     args = {"dataset_size": 8, "global_batch": 4, "rank": 0, "world": 1, "seed": 0, "stop": 6}
     full = list(shapes_clip._KeyedSampler(start=0, **args))
     assert list(shapes_clip._KeyedSampler(start=4, **args)) == full[4:]

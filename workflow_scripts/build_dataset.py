@@ -1,6 +1,10 @@
 """rule dataset -> t2i.data.build.build_dataset."""
+from pathlib import Path
+
+from t2i import workflow as wf
 from t2i.data.build import build_dataset
 from t2i.utils.joblog import workflow_job
 
-with workflow_job(snakemake, f"dataset {snakemake.wildcards.dataset}"):
-    build_dataset(snakemake.params.cfg, snakemake.params.out_dir)
+dataset = snakemake.wildcards.dataset
+with workflow_job(snakemake, f"dataset {dataset}"):
+    build_dataset(wf.dataset_config(snakemake.config, dataset), Path(snakemake.output.done).parent)

@@ -16,8 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def reference_images(dataset_dir: str | Path, prompt_set: str) -> list[Path]:
-    """The reference images of a prompt set, in prompt order, each once."""
+    """The reference images of a prompt set, in prompt order, each once; ``split-NAME``: every image of
+    the split ``NAME`` (``splits/NAME.txt``)."""
     dataset_dir = Path(dataset_dir)
+    if prompt_set.startswith("split-"):
+        split = dataset_dir / "splits" / f"{prompt_set[len('split-'):]}.txt"
+        if not split.is_file():
+            raise FileNotFoundError(f"{split}: no such split to take reference images from")
+        return [dataset_dir / "images" / f"{name}.png" for name in split.read_text(encoding="utf-8").split()]
     prompts = read_jsonl(dataset_dir / "prompts" / f"{prompt_set}.jsonl")
     names = list(dict.fromkeys(p["reference"] for p in prompts if p.get("reference")))
     if not names:

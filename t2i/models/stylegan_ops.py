@@ -169,17 +169,15 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     and after a shared convolution (same result)."""
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
-    w = dcoefs = None
-    if demodulate or fused_modconv:
-        w = weight[None] * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+    if demodulate:  # 1/||weight * style|| per sample and output channel, without the [N, O, I, k, k] tensor
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()  # [N, O]
     if not fused_modconv:
         x = x * styles.reshape(n, -1, 1, 1)
         x = conv2d_resample(x, weight, f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
         if demodulate:
             x = x * dcoefs.reshape(n, -1, 1, 1)
         return x if noise is None else x + noise
+    w = weight[None] * styles.reshape(n, 1, -1, 1, 1)  # [N, O, I, k, k]
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
     x = conv2d_resample(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, in_ch, kh, kw), f=resample_filter, up=up,

@@ -13,6 +13,7 @@ from t2i.systems.base import System
 # name -> "module:class"; imported lazily so that config validation needs no torch.
 SYSTEMS: dict[str, str] = {
     "jit": "t2i.systems.jit:JiTSystem",
+    "lafite": "t2i.systems.lafite:LafiteSystem",
 }
 
 

@@ -20,8 +20,8 @@ largest id; pad and unk are EOS, as in openai/clip). The text config carries the
 ``CLIPTextModel`` pools at the first EOS.
 
 **Training** (:func:`train_shapes_clip`, through :func:`t2i.train.loop.run_training`): the train
-split's images with one text per image and step (``captions``: the short caption, the long one,
-the tags joined by commas, or a keyed random choice of them), a symmetric InfoNCE whose targets
+split's images with one text per image and step (``captions``: the short caption, one tag, all tags
+joined by commas, the long caption, or a ``mixed`` choice keyed by step and image), a symmetric InfoNCE whose targets
 treat identical texts in a batch as positives, a learned temperature clamped at 100 like CLIP's,
 AdamW with warmup and a cosine decay. No augmentation: a flip would swap left and right.
 """
@@ -55,8 +55,11 @@ BOS, EOS, EOW = "<|startoftext|>", "<|endoftext|>", "</w>"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)
-TEXT_KINDS = ("caption", "long_caption", "tags")
-MIXED = {"caption": 0.5, "long_caption": 0.25, "tags": 0.25}  # captions: mixed
+TEXT_KINDS = ("caption", "tag", "tags", "long_caption")
+# captions: mixed. A step is a long-caption step with probability 0.15 (one kind per step keeps the padding
+# short on the other steps); otherwise each image draws a caption (0.5), one of its tags (0.3) or all tags (0.2).
+LONG_STEP = 0.15
+MIXED_SHORT = {"caption": 0.5, "tag": 0.3, "tags": 0.2}
 PROMPTS = tuple(f"a {c} {s}" for c in PALETTE for s in SHAPES)  # zero-shot classes
 # The asset keys this recipe reads, and their values where a block leaves them out (the schema's defaults).
 DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 2e-3, "seed": 0, "width": 64, "layers": 2, "patch_size": 4,
@@ -65,9 +68,10 @@ DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 2e-3, "seed": 0, "width": 64,
 
 # ---------------------------------------------------------------------------- text
 
-def texts_of(row: dict) -> dict[str, str]:
-    """An annotation row's texts by kind: ``caption``, ``long_caption`` and ``tags`` (joined by commas)."""
-    return {"caption": row["caption"], "long_caption": row["long_caption"], "tags": ", ".join(row["tags"])}
+def texts_of(row: dict) -> dict[str, list[str]]:
+    """An annotation row's texts by kind: ``caption``, ``tag`` (each tag), ``tags`` (joined by commas), ``long_caption``."""
+    return {"caption": [row["caption"]], "tag": list(row["tags"]), "tags": [", ".join(row["tags"])],
+            "long_caption": [row["long_caption"]]}
 
 
 def _words(texts, tokenizer: CLIPTokenizer) -> list[str]:
@@ -167,25 +171,27 @@ def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor
 # ---------------------------------------------------------------------------- data
 
 class _Pairs(torch.utils.data.Dataset):
-    """Images (uint8) with their tokenised texts; an item ``(index, step)`` picks its text kind from
-    ``(seed, step, index)``, so the batch of a step is the same on a resumed run."""
+    """Images (uint8) with their tokenised texts (``ids[i][kind]``: a list of token lists). Item
+    ``(index, step)`` draws its text from ``(seed, step)`` and ``(seed, step, index)`` (``captions``:
+    one kind or ``mixed``), so the batch of a step is the same on a resumed run."""
 
-    def __init__(self, images: torch.Tensor, ids: dict[str, list[list[int]]], captions: str, seed: int):
-        self.images, self.ids, self.seed = images, ids, seed
-        self.kinds, self.weights = ([captions], [1.0]) if captions != "mixed" else (list(MIXED), list(MIXED.values()))
-        # one group id per distinct text: equal texts are positives of each other
-        table: dict[tuple, int] = {}
-        self.groups = {k: [table.setdefault(tuple(t), len(table)) for t in v] for k, v in ids.items()}
+    def __init__(self, images: torch.Tensor, ids: list[dict[str, list[list[int]]]], captions: str, seed: int):
+        self.images, self.ids, self.captions, self.seed = images, ids, captions, seed
+        table: dict[tuple, int] = {}  # one group id per distinct text: equal texts are positives of each other
+        self.groups = [{k: [table.setdefault(tuple(t), len(table)) for t in v] for k, v in d.items()} for d in ids]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, list[int], int]:
         i, step = item
-        kind = self.kinds[0]
-        if len(self.kinds) > 1:
-            kind = self.kinds[np.random.default_rng([self.seed, step, i]).choice(len(self.kinds), p=self.weights)]
-        return self.images[i], self.ids[kind][i], self.groups[kind][i]
+        rng = np.random.default_rng([self.seed, step, i])
+        kind = self.captions
+        if kind == "mixed":
+            kind = "long_caption" if np.random.default_rng([self.seed, step]).random() < LONG_STEP else \
+                list(MIXED_SHORT)[rng.choice(len(MIXED_SHORT), p=list(MIXED_SHORT.values()))]
+        j = int(rng.integers(len(self.ids[i][kind])))
+        return self.images[i], self.ids[i][kind][j], self.groups[i][kind][j]
 
 
 class _KeyedSampler(StepBatchSampler):
@@ -292,11 +298,13 @@ def train_shapes_clip(dataset_dir: str | Path, out_dir: str | Path, cfg: dict) -
     if len(split["train"]) < cfg["batch_size"] or not split["test"]:
         raise ValueError(f"{annotations}: need at least batch_size ({cfg['batch_size']}) train images and a test split")
 
-    texts = {k: [texts_of(r)[k] for r in rows] for k in TEXT_KINDS}
-    tokenizer = build_tokenizer([t for kind in texts.values() for t in kind], model_max_length=1 << 20)
-    tokens = {k: tokenizer(v)["input_ids"] for k, v in texts.items()}
-    tokenizer.model_max_length = max_length = max(len(t) for kind in tokens.values() for t in kind)
-    ids = {k: [t for t, r in zip(v, rows) if r["split"] == "train"] for k, v in tokens.items()}
+    texts = [texts_of(r) for r in rows]
+    flat = [t for d in texts for k in TEXT_KINDS for t in d[k]]
+    tokenizer = build_tokenizer(flat, model_max_length=1 << 20)
+    encoded = iter(tokenizer(flat)["input_ids"])
+    ids = [{k: [next(encoded) for _ in d[k]] for k in TEXT_KINDS} for d in texts]
+    tokenizer.model_max_length = max_length = max(len(t) for d in ids for v in d.values() for t in v)
+    ids = [d for d, r in zip(ids, rows) if r["split"] == "train"]
     images = _load_images(dataset_dir, split["train"])
     image_size = images.shape[-1]
     config = clip_config(cfg, vocab_size=len(tokenizer), bos_id=tokenizer.bos_token_id,

@@ -193,6 +193,26 @@ class _Metrics:
             self.writer.close()
 
 
+class _StateTensors:
+    """The EMAs and the task's own ``buffers`` (tensors it carries across steps, e.g. a running mean),
+    one flat tensor dict in ``state/extra.safetensors``; buffers are restored in place."""
+
+    def __init__(self, emas: EMASet, buffers: dict[str, torch.Tensor]):
+        self.emas, self.buffers = emas, buffers
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.emas.state_dict(), **{f"task/{k}": v for k, v in self.buffers.items()}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.emas.load_state_dict({k: v for k, v in state.items() if not k.startswith("task/")})
+        missing = [k for k in self.buffers if f"task/{k}" not in state]
+        if missing:
+            raise ValueError(f"the saved state lacks the task's buffers {missing}")
+        for k, v in self.buffers.items():
+            v.copy_(state[f"task/{k}"])
+
+
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies (safetensors refuses shared storage)."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
@@ -260,10 +280,13 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
     optimizers = dict(zip(task.optimizers, prepared[len(modules):]))
     raw = {name: acc.unwrap_model(m) for name, m in modules.items()}
     emas = EMASet(task.ema, raw)
+    buffers = getattr(task, "buffers", {})
+    for name in buffers:
+        buffers[name] = buffers[name].to(acc.device)
     ctx = _Context(acc, modules, task.frozen, optimizers, task.optimizers,
                    {name: mults for name, (_, mults) in built.items()})
 
-    state = StateDir(out_dir, acc, tensors=emas)
+    state = StateDir(out_dir, acc, tensors=_StateTensors(emas, buffers))
     start, rows = state.restore(ident, steps)
     if acc.is_main_process:
         _clean_outputs(out_dir, start, steps)

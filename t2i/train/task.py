@@ -27,6 +27,9 @@ schedule, EMAs, weight snapshots, logging, the resumable state, signals, the exp
   accepts (e.g. ``(index, key)`` pairs that key per-item augmentation randomness by step).
 - ``compile_modules``: optional; the names of the modules ``train.compile`` compiles (default:
   all of ``modules``).
+- ``buffers`` (optional): tensors the task carries from step to step (e.g. StyleGAN's path-length
+  mean), by name; the loop moves them to the device, saves them with the state and restores them
+  in place on resume (mutate them in place in ``step``).
 - ``identity``: JSON-able description of the task beyond the ``train:`` block (network
   configs); part of the resume identity together with the content hash of every input.
 - ``export(weights, out_dir)``: write the checkpoint folder (``save_pretrained`` style) from
