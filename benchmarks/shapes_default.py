@@ -4,8 +4,9 @@
 
 Runs ``snakemake`` in a fresh working directory (so every stage really runs), reads the
 per-job benchmark files that the rules write, then scores the trained experiment against
-the same network untrained (randomly initialised, same seed, same sampler) on the
-single-object prompts of the ``test`` set.
+the same network untrained (randomly initialised, same seed, same sampler) on the ``test``
+prompts (single-object prompts: colour and shape); for LAFITE also the trained generator
+conditioned on random features instead of the prompts' CLIP features.
 """
 from __future__ import annotations
 
@@ -51,8 +52,32 @@ def untrained_model(model_dir: Path, out_dir: Path, seed: int) -> Path:
     return out_dir
 
 
+def random_text_accuracy(workdir: Path, exp_name: str) -> dict:
+    """LAFITE's control: the trained G_ema conditioned on random unit features instead of the prompts' CLIP
+    features (what the seed's replication measured, its captions being empty). If text conditioning
+    transfers from language-free training, this scores far below the prompt-conditioned samples."""
+    from unittest import mock
+
+    import torch
+
+    from t2i.data.lafite_zip import HFClipEncoder
+
+    def random_features(self, texts):
+        g = torch.Generator().manual_seed(0)
+        dim = self.model.config.projection_dim
+        return torch.randn(len(texts), dim, generator=g)
+
+    with mock.patch.object(HFClipEncoder, "text_features", random_features):
+        return sample_and_score(workdir, exp_name, trained=True, out_name="random_text_samples")
+
+
 def untrained_accuracy(workdir: Path, exp_name: str) -> dict:
     """Sample the test prompts with the untrained network and score them like the evaluate rule does."""
+    return sample_and_score(workdir, exp_name, trained=False, out_name="untrained_samples")
+
+
+def sample_and_score(workdir: Path, exp_name: str, *, trained: bool, out_name: str) -> dict:
+    """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
     from t2i import workflow as wf
     from t2i.config import load_config
     from t2i.eval.shapes import score_folder
@@ -62,11 +87,12 @@ def untrained_accuracy(workdir: Path, exp_name: str) -> dict:
     config = load_config(workdir / "config.yaml")
     exp = wf.stage_experiment(config, exp_name, "sample")
     inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
-    seed = config["experiments"][exp_name]["train"]["seed"]
-    inputs["model"] = untrained_model(inputs["model"], workdir / "untrained", seed)
+    if not trained:
+        seed = config["experiments"][exp_name]["train"]["seed"]
+        inputs["model"] = untrained_model(inputs["model"], workdir / f"untrained_{exp_name}", seed)
     prompts_path = inputs["dataset"] / "prompts" / "test.jsonl"
-    out = workdir / "untrained_samples"
-    out.mkdir(exist_ok=True)
+    out = workdir / out_name / exp_name
+    out.mkdir(parents=True, exist_ok=True)
     get_system(exp["system"]).sample(exp, inputs, read_jsonl(prompts_path), out)
     return score_folder(out, prompts_path)["aggregate"]
 
@@ -104,10 +130,14 @@ def main() -> None:
                   f"IS {fid.get('isc_mean', float('nan')):.2f}")
             for kind, v in shapes.get("by_type", {}).items():
                 print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
-        base = untrained_accuracy(workdir, exp_name)
-        single = base.get("by_type", {}).get("single", {})
-        print(f"{exp_name} untrained / test: prompt_acc {base['prompt_acc']:.3f}  object_acc {base['object_acc']:.3f}  "
-              f"single-object prompt_acc {single.get('prompt_acc', float('nan')):.3f}")
+        trained = json.loads((workdir / "results" / exp_name / "metrics" / "test.json").read_text())["shapes"]
+        controls = {"trained": trained, "untrained": untrained_accuracy(workdir, exp_name)}
+        if exp["system"] == "lafite":
+            controls["trained, random text features"] = random_text_accuracy(workdir, exp_name)
+        for label, acc in controls.items():
+            single = acc.get("by_type", {}).get("single", {})
+            print(f"{exp_name} {label} / test: prompt_acc {acc['prompt_acc']:.3f}  object_acc {acc['object_acc']:.3f}  "
+                  f"single-object prompt_acc {single.get('prompt_acc', float('nan')):.3f}")
     if args.keep:
         print(f"\nworking directory kept: {workdir}")
     else:

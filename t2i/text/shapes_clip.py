@@ -55,6 +55,7 @@ BOS, EOS, EOW = "<|startoftext|>", "<|endoftext|>", "</w>"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)
+LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature
 TEXT_KINDS = ("caption", "tag", "tags", "long_caption")
 # captions: mixed. A step is a long-caption step with probability 0.15 (one kind per step keeps the padding
 # short on the other steps); otherwise each image draws a caption (0.5), one of its tags (0.3) or all tags (0.2).
@@ -154,7 +155,7 @@ def clip_config(cfg: dict, *, vocab_size: int, bos_id: int, eos_id: int, max_len
         text_config={**tower, "vocab_size": vocab_size, "max_position_embeddings": max_length,
                      "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": eos_id},
         vision_config={**tower, "image_size": image_size, "patch_size": cfg["patch_size"]},
-        projection_dim=cfg["projection_dim"])
+        projection_dim=cfg["projection_dim"], logit_scale_init_value=LOGIT_SCALE_INIT)
 
 
 def text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
