@@ -385,7 +385,7 @@ def _provenance(runs: SimpleNamespace, path: str) -> dict:
 
 def test_train_jobs_ran_on_their_granted_gpus(t2i):
     for exp, gpus in (("exp_a", 1), ("exp_mp", 2)):
-        prov = _provenance(t2i, f"results/{exp}/train/provenance.json")
+        prov = _provenance(t2i, f"results/{exp}/train/model/provenance.json")
         scheduler = prov["device"]["scheduler"]
         row = t2i.sacct[scheduler["SLURM_JOB_ID"]]
         assert _rule_of(row) == "train" and f"_wildcards_{exp}" in row["Comment"], row

@@ -78,3 +78,17 @@ def test_sampling_harness_rows_seeds_extras_and_batch_size_independence(tmp_path
     for row in rows:
         assert (out / row["file"]).read_bytes() == (other / row["file"]).read_bytes()
     assert (out / "provenance.json").is_file()
+
+
+def test_reference_images_of_a_prompt_set_or_a_whole_split(tmp_path):
+    from t2i.eval.evaluate import reference_images
+
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "train.txt").write_text("b\na\n")
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "test.jsonl").write_text('{"id": 1, "prompt": "x", "reference": "c"}\n'
+                                                     '{"id": 2, "prompt": "y", "reference": "c"}\n')
+    assert reference_images(tmp_path, "split-train") == [tmp_path / "images" / "b.png", tmp_path / "images" / "a.png"]
+    assert reference_images(tmp_path, "test") == [tmp_path / "images" / "c.png"]
+    with pytest.raises(FileNotFoundError, match="no such split"):
+        reference_images(tmp_path, "split-val")

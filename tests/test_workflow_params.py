@@ -116,3 +116,14 @@ def test_status_summary_parsing():
     table = summarize(tsv, ["a"])
     assert table == {"a": {"train": "stale", "sample": "missing"}, "shared": {"dataset": "done"}}
     assert classify("ok", "no update") == "done" and owner("results/report/index.html", ["a"]) == "shared"
+
+
+def test_each_fidelity_family_reads_its_own_reference(raw):
+    from t2i.eval.registry import family_inputs
+
+    raw = copy.deepcopy(raw)
+    _exp(raw)["evaluate"]["families"] = ["shapes", "fidelity", "fidelity_train"]
+    inputs = family_inputs(validate_config(raw), "shapes_jit", "test")
+    assert inputs == {"extractor": "results/pretrained/shapes-cnn",
+                      "reference": "results/datasets/shapes32/fidelity/shapes-cnn/shapes-cnn/test.npz",
+                      "reference_train": "results/datasets/shapes32/fidelity/shapes-cnn/shapes-cnn/split-train.npz"}

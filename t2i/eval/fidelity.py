@@ -193,11 +193,20 @@ def compute(samples_dir: str | Path, reference_stats_path: str | Path, extractor
     return result
 
 
-def fidelity_metric_family(ctx) -> dict:
-    """The ``fidelity`` metric family: ``evaluate.metrics`` against the prompt set's reference statistics."""
+def _against(ctx, reference: str) -> dict:
     from t2i.eval.extractors import create_extractor
 
     cfg = ctx.exp["evaluate"]
     extractor = create_extractor(cfg["extractor"], ctx.inputs["extractor"], device=default_device())
-    return compute(ctx.samples_dir, ctx.inputs["reference"], extractor, metrics=cfg["metrics"],
+    return compute(ctx.samples_dir, ctx.inputs[reference], extractor, metrics=cfg["metrics"],
                    batch_size=cfg["batch_size"], kid_subset_size=cfg["kid_subset_size"])
+
+
+def fidelity_metric_family(ctx) -> dict:
+    """The ``fidelity`` metric family: ``evaluate.metrics`` against the prompt set's reference statistics."""
+    return _against(ctx, "reference")
+
+
+def fidelity_train_metric_family(ctx) -> dict:
+    """The ``fidelity_train`` metric family: the same against the whole training split (LAFITE's protocol)."""
+    return _against(ctx, "reference_train")

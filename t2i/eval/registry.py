@@ -64,16 +64,16 @@ def family_inputs(config: dict, exp: str, prompt_set: str) -> dict[str, str]:
 TRAIN_REFERENCE = "split-train"  # reference statistics of the whole training split
 
 
-def _fidelity_inputs_against(reference: str | None):
-    """Inputs of a fidelity family: the extractor and the reference statistics of ``reference``
-    (None: the prompt set's own reference images)."""
+def _fidelity_inputs_against(reference: str | None, key: str):
+    """Inputs of a fidelity family: the extractor and, as input ``key``, the reference statistics of
+    ``reference`` (None: the prompt set's own reference images)."""
 
     def inputs(config: dict, exp: str, prompt_set: str) -> dict[str, str]:
         e = config["experiments"][exp]
         asset = wf.extractor_asset(config, exp)
         return {"extractor": f"{wf.RESULTS}/pretrained/{asset}",
-                "reference": f"{wf.RESULTS}/datasets/{e['dataset']}/fidelity/{e['evaluate']['extractor']}/{asset}/"
-                             f"{reference or prompt_set}.npz"}
+                key: f"{wf.RESULTS}/datasets/{e['dataset']}/fidelity/{e['evaluate']['extractor']}/{asset}/"
+                     f"{reference or prompt_set}.npz"}
 
     return inputs
 
@@ -88,10 +88,10 @@ register_metric_family(MetricFamily(
     "t2i.eval.shapes:score_metric_family"))
 register_metric_family(MetricFamily(
     "fidelity", "FID / KID / IS / precision-recall against the prompt set's reference images (torch-fidelity's numbers)",
-    "t2i.eval.fidelity:fidelity_metric_family", _fidelity_inputs_against(None)))
+    "t2i.eval.fidelity:fidelity_metric_family", _fidelity_inputs_against(None, "reference")))
 register_metric_family(MetricFamily(
     "fidelity_train", "the same against the whole training split (LAFITE's fid50k_full protocol)",
-    "t2i.eval.fidelity:fidelity_metric_family", _fidelity_inputs_against(TRAIN_REFERENCE)))
+    "t2i.eval.fidelity:fidelity_train_metric_family", _fidelity_inputs_against(TRAIN_REFERENCE, "reference_train")))
 register_metric_family(MetricFamily(
     "clip_score", "CLIP score of each image with its own prompt (needs evaluate.clip_asset)",
     "t2i.eval.clip_score:clip_score_metric_family", _clip_inputs))

@@ -59,6 +59,9 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature
 TEXT_KINDS = ("caption", "tag", "tags", "long_caption")
 # captions: mixed. A step is a long-caption step with probability 0.15 (one kind per step keeps the padding
 # short on the other steps); otherwise each image draws a caption (0.5), one of its tags (0.3) or all tags (0.2).
+import os
+WDROP = float(os.environ.get("WDROP", 0))
+OFFSETS = bool(os.environ.get("OFFSETS"))
 LONG_STEP = 0.15
 MIXED_SHORT = {"caption": 0.5, "tag": 0.3, "tags": 0.2}
 PROMPTS = tuple(f"a {c} {s}" for c in PALETTE for s in SHAPES)  # zero-shot classes
@@ -178,21 +181,23 @@ class _Pairs(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.Tensor, ids: list[dict[str, list[list[int]]]], captions: str, seed: int):
         self.images, self.ids, self.captions, self.seed = images, ids, captions, seed
-        table: dict[tuple, int] = {}  # one group id per distinct text: equal texts are positives of each other
-        self.groups = [{k: [table.setdefault(tuple(t), len(table)) for t in v] for k, v in d.items()} for d in ids]
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, list[int], int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
         i, step = item
         rng = np.random.default_rng([self.seed, step, i])
         kind = self.captions
         if kind == "mixed":
             kind = "long_caption" if np.random.default_rng([self.seed, step]).random() < LONG_STEP else \
                 list(MIXED_SHORT)[rng.choice(len(MIXED_SHORT), p=list(MIXED_SHORT.values()))]
-        j = int(rng.integers(len(self.ids[i][kind])))
-        return self.images[i], self.ids[i][kind][j], self.groups[i][kind][j]
+        text = self.ids[i][kind][int(rng.integers(len(self.ids[i][kind])))]
+        if WDROP and len(text) > 3:
+            keep = rng.random(len(text) - 2) >= WDROP
+            if keep.any():
+                text = [text[0], *(t for t, k in zip(text[1:-1], keep) if k), text[-1]]
+        return self.images[i], text
 
 
 class _KeyedSampler(StepBatchSampler):
@@ -204,7 +209,9 @@ class _KeyedSampler(StepBatchSampler):
 
 
 def _collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
-    images, ids, groups = zip(*items)
+    images, ids = zip(*items)
+    table: dict[tuple, int] = {}  # one group per distinct text: equal texts are positives of each other
+    groups = [table.setdefault(tuple(t), len(table)) for t in ids]
     width = max(len(t) for t in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -229,8 +236,14 @@ class _ClipTask:
         self.identity = identity
 
     def step(self, batch: dict, step: int, ctx) -> dict:
+        position_ids = None
+        if OFFSETS:
+            n, length = batch["input_ids"].shape
+            room = self.model.config.text_config.max_position_embeddings - batch["attention_mask"].sum(1)
+            offset = (torch.rand(n, device=room.device) * (room + 1)).long().clamp(max=self.model.config.text_config.max_position_embeddings - length)
+            position_ids = torch.arange(length, device=room.device)[None] + offset[:, None]
         out = ctx.module("clip")(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 pixel_values=normalize(batch["images"]))
+                                 pixel_values=normalize(batch["images"]), position_ids=position_ids)
         same = (batch["groups"][:, None] == batch["groups"][None, :]).float()
         target = same / same.sum(1, keepdim=True)  # symmetric: the same targets for both directions
         loss = (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
