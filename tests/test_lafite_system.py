@@ -136,6 +136,8 @@ def test_training_resumes_bit_identically_and_logs_every_phase(prepared, tmp_pat
     rows = [json.loads(line) for line in (straight / "model/train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8, 12]  # a tick is 32 images = 4 steps
     assert {"loss_G", "loss_D", "scores_real", "scores_fake", "pl_penalty", "r1_penalty", "lr/G", "lr/D"} <= set(rows[0])
+    stats = [json.loads(line) for line in (straight / "stats.jsonl").read_text().splitlines()]
+    assert [(r["tick"], r["kimg"]) for r in stats] == [(1, 0.032), (2, 0.064), (3, 0.096)]
     index = json.loads((straight / "model/t2i_model.json").read_text())
     assert set(index["components"]) == {"generator", "discriminator"}
 

@@ -59,17 +59,30 @@ def test_tokenizer_is_word_level_and_deterministic(shapes32):
     assert tok.decode(tok(caption)["input_ids"], skip_special_tokens=True) == caption
 
 
-def test_caption_choice_is_keyed_by_step():
-    images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
-    ids = [{k: [[i, 100 + j, n] for n in range(3)] for j, k in enumerate(shapes_clip.TEXT_KINDS)} for i in range(8)]
-    data = shapes_clip._Pairs(images, ids, "mixed", seed=0)
-    assert [data[(i, 5)][1:] for i in range(8)] == [data[(i, 5)][1:] for i in range(8)]
+def test_caption_choice_is_keyed_by_step_and_annotated_texts_are_positives():
+    images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 3, 4, 4)
+    # image i: kind j has texts [i, 100 + j, n] (long captions one token longer); all share the tag [0, 101, 0]
+    ids = [{k: [[i, 100 + j, n] + [7] * (k == "long_caption") for n in range(3)]
+            for j, k in enumerate(shapes_clip.TEXT_KINDS)} for i in range(8)]
+    for d in ids:
+        d["tag"][0] = [0, 101, 0]
+    data = shapes_clip._Pairs(images, ids, "mixed", seed=0, pad_id=99)
+    assert [data[(i, 5)] for i in range(8)] == [data[(i, 5)] for i in range(8)]
     drawn = [data[(i, s)][1] for i in range(8) for s in range(40)]
     assert {t[1] - 100 for t in drawn} == set(range(4)) and {t[2] for t in drawn} == set(range(3))
     # a step draws long captions for all its images or for none (short padding on the other steps)
     long = [[data[(i, s)][1][1] == 103 for i in range(8)] for s in range(40)]
     assert all(len(set(step)) == 1 for step in long) and any(step[0] for step in long)
-    assert shapes_clip._Pairs(images, ids, "tag", seed=0)[(2, 7)][1][:2] == [2, 101]
+    assert shapes_clip._Pairs(images, ids, "caption", seed=0, pad_id=99)[(2, 7)][1] == [2, 100, 0]
+
+    batch = data.collate([(3, [3, 100, 0], data.text_ids[3]["caption"][0]), (5, [0, 101, 0], data.text_ids[5]["tag"][0]),
+                          (6, [6, 103, 1, 7], data.text_ids[6]["long_caption"][1])])
+    assert batch["images"][:, 0, 0, 0].tolist() == [3, 5, 6]
+    assert batch["input_ids"].tolist() == [[3, 100, 0, 99], [0, 101, 0, 99], [6, 103, 1, 7]]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 4]
+    # the shared tag is true of every image: [text, image]
+    assert batch["positives"].tolist() == [[True, False, False], [True, True, True], [False, False, True]]
+
     args = {"dataset_size": 8, "global_batch": 4, "rank": 0, "world": 1, "seed": 0, "stop": 6}
     full = list(shapes_clip._KeyedSampler(start=0, **args))
     assert list(shapes_clip._KeyedSampler(start=4, **args)) == full[4:]

@@ -194,3 +194,10 @@ def test_compiled_training_matches_eager_and_resumes_across_the_switch(tmp_path)
 
     resumed = train(tmp_path / "eager", steps=30, compile=True)  # state saved eager, continued compiled
     assert resumed["resumed_from"] == 20 and resumed["steps_run"] == 10
+
+
+def test_runs_of_other_precisions_in_one_process(tmp_path, one_thread):
+    """A benchmark or a recipe may train twice in one process: accelerate's per-process state must not refuse it."""
+    train(tmp_path / "fp32", steps=4, mixed_precision="no")
+    train(tmp_path / "bf16", steps=4, mixed_precision="bf16")
+    assert json.loads((tmp_path / "bf16" / "model" / "provenance.json").read_text())["mixed_precision"] == "bf16"

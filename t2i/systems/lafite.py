@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -117,10 +118,34 @@ class LafiteTask:
         batch, rampup = t["batch"], t["ema_rampup"]
         self.ema = [EMASpec("G", ramp=lambda step: ema_beta(batch, step * batch, ema_kimg=ema_kimg, rampup=rampup))]
         self.buffers = {"pl_mean": torch.zeros(())}
+        self.batch_size, self.steps_per_tick = batch, train_units(t)["log_every"]
+        self._start = time.time()
+        self._last_tick_time = None
         self.identity = {"G": public_config(G), "D": public_config(D), "loss": self.loss,
                          "optim": {k: t[k] for k in ("lr", "betas", "ema_kimg", "ema_rampup", "G_reg_interval",
                                                      "D_reg_interval")}}
         self.meta = meta
+
+    def on_log(self, row: dict, out_dir: Path) -> None:
+        """The original's status line (one per tick) and ``stats.jsonl`` (the row's scalars, by tick)."""
+        import json
+
+        import psutil
+
+        batch = self.batch_size
+        kimg, tick = row["step"] * batch / 1000, row["step"] // self.steps_per_tick
+        now = row["time"]
+        sec_tick = now - self._last_tick_time if self._last_tick_time is not None else float("nan")
+        self._last_tick_time = now
+        gpumem = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else 0.0
+        cpumem = psutil.Process().memory_info().rss / 2 ** 30
+        log.info(f"tick {tick:<5d} kimg {kimg:<8.1f} time {now - self._start:<8.1f} sec/tick {sec_tick:<7.1f} "
+                 f"sec/kimg {sec_tick / (self.steps_per_tick * batch / 1000):<7.2f} maintenance 0.0 "
+                 f"cpumem {cpumem:<5.2f} gpumem {gpumem:<5.2f} augment 0.000")
+        first = row["step"] <= self.steps_per_tick  # a fresh run starts the file anew
+        with open(out_dir / "stats.jsonl", "w" if first else "a", encoding="utf-8") as f:
+            f.write(json.dumps({"tick": tick, "kimg": kimg, "sec_per_tick": sec_tick, "cpumem_gb": cpumem,
+                                "gpumem_gb": gpumem, **{k: v for k, v in row.items() if k != "step"}}) + "\n")
 
     def _condition(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         h = unit(batch["img_feature"].float())

@@ -60,10 +60,12 @@ TEXT_KINDS = ("caption", "tag", "tags", "long_caption")
 # captions: mixed. A step is a long-caption step with probability 0.15 (one kind per step keeps the padding
 # short on the other steps); otherwise each image draws a caption (0.5), one of its tags (0.3) or all tags (0.2).
 import os
-WDROP = float(os.environ.get("WDROP", 0))
 OFFSETS = bool(os.environ.get("OFFSETS"))
 LONG_STEP = 0.15
 MIXED_SHORT = {"caption": 0.5, "tag": 0.3, "tags": 0.2}
+EXTRA = os.environ.get("EXTRA", "one")
+if os.environ.get("MIX"):
+    MIXED_SHORT = dict(zip(MIXED_SHORT, map(float, os.environ["MIX"].split(","))))
 PROMPTS = tuple(f"a {c} {s}" for c in PALETTE for s in SHAPES)  # zero-shot classes
 # The asset keys this recipe reads, and their values where a block leaves them out (the schema's defaults).
 DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 2e-3, "seed": 0, "width": 64, "layers": 2, "patch_size": 4,
@@ -177,27 +179,53 @@ def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor
 class _Pairs(torch.utils.data.Dataset):
     """Images (uint8) with their tokenised texts (``ids[i][kind]``: a list of token lists). Item
     ``(index, step)`` draws its text from ``(seed, step)`` and ``(seed, step, index)`` (``captions``:
-    one kind or ``mixed``), so the batch of a step is the same on a resumed run."""
+    one kind or ``mixed``), so the batch of a step is the same on a resumed run. :meth:`collate`
+    marks a text positive for every image of the batch that has the same text among its annotations
+    (a tag such as "red circle" fits many images; ordinary InfoNCE would push those apart)."""
 
-    def __init__(self, images: torch.Tensor, ids: list[dict[str, list[list[int]]]], captions: str, seed: int):
-        self.images, self.ids, self.captions, self.seed = images, ids, captions, seed
+    def __init__(self, images: torch.Tensor, ids: list[dict[str, list[list[int]]]], captions: str, seed: int,
+                 pad_id: int):
+        self.images, self.ids, self.captions, self.seed, self.pad_id = images, ids, captions, seed, pad_id
+        table: dict[tuple, int] = {}
+        self.text_ids = [{k: [table.setdefault(tuple(t), len(table)) for t in v] for k, v in d.items()} for d in ids]
+        self.annotated = [{t for v in d.values() for t in v} for d in self.text_ids]
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[int, list[list[int]], list[int]]:
+        """Image ``index`` and its texts of this step (token lists and text ids)."""
         i, step = item
         rng = np.random.default_rng([self.seed, step, i])
-        kind = self.captions
-        if kind == "mixed":
+        if self.captions != "mixed":
+            picks = [(self.captions, int(rng.integers(len(self.ids[i][self.captions]))))]
+        elif EXTRA in ("alltags", "twotags"):
+            if np.random.default_rng([self.seed, step]).random() < LONG_STEP:
+                picks = [("caption", 0), ("long_caption", 0)]
+            else:
+                n = len(self.ids[i]["tag"])
+                tags = range(n) if EXTRA == "alltags" else rng.choice(n, size=min(2, n), replace=False).tolist()
+                picks = [("caption", 0)] + [("tag", int(j)) for j in tags]
+        else:
             kind = "long_caption" if np.random.default_rng([self.seed, step]).random() < LONG_STEP else \
                 list(MIXED_SHORT)[rng.choice(len(MIXED_SHORT), p=list(MIXED_SHORT.values()))]
-        text = self.ids[i][kind][int(rng.integers(len(self.ids[i][kind])))]
-        if WDROP and len(text) > 3:
-            keep = rng.random(len(text) - 2) >= WDROP
-            if keep.any():
-                text = [text[0], *(t for t, k in zip(text[1:-1], keep) if k), text[-1]]
-        return self.images[i], text
+            picks = [("caption", 0), (kind, int(rng.integers(len(self.ids[i][kind]))))]
+        return i, [self.ids[i][k][j] for k, j in picks], [self.text_ids[i][k][j] for k, j in picks]
+
+    def collate(self, items: list) -> dict[str, torch.Tensor]:
+        """Images, padded ``input_ids`` and ``attention_mask`` of all their texts, and ``positives`` [text, image]."""
+        index = [i for i, _, _ in items]
+        ids = [t for _, tt, _ in items for t in tt]
+        texts = [t for _, _, tt in items for t in tt]
+        width = max(len(t) for t in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for k, t in enumerate(ids):
+            input_ids[k, :len(t)] = torch.tensor(t)
+            mask[k, :len(t)] = 1
+        positives = torch.tensor([[t in self.annotated[i] for i in index] for t in texts])
+        return {"images": self.images[index], "input_ids": input_ids, "attention_mask": mask,
+                "positives": positives}
 
 
 class _KeyedSampler(StepBatchSampler):
@@ -208,20 +236,6 @@ class _KeyedSampler(StepBatchSampler):
             yield [(i, step) for i in batch]
 
 
-def _collate(items: list, pad_id: int) -> dict[str, torch.Tensor]:
-    images, ids = zip(*items)
-    table: dict[tuple, int] = {}  # one group per distinct text: equal texts are positives of each other
-    groups = [table.setdefault(tuple(t), len(table)) for t in ids]
-    width = max(len(t) for t in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for k, t in enumerate(ids):
-        input_ids[k, :len(t)] = torch.tensor(t)
-        mask[k, :len(t)] = 1
-    return {"images": torch.stack(images), "input_ids": input_ids, "attention_mask": mask,
-            "groups": torch.tensor(groups)}
-
-
 class _ClipTask:
     """CLIP's contrastive training for the shared loop (module docstring)."""
 
@@ -230,7 +244,7 @@ class _ClipTask:
         self.modules, self.frozen, self.ema = {"clip": model}, {}, []
         steps = cfg["steps"]
         self.optimizers = {"clip": OptimizerSpec(decay_groups(model, 0.1), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
-                                                 weight_decay=0.1, warmup_steps=max(1, steps // 10), grad_clip=1.0,
+                                                 weight_decay=0.1, warmup_steps=max(1, steps // 10), grad_clip=float(os.environ.get("CLIPG", 1.0)),
                                                  decay="cosine", total_steps=steps)}
         self.batch_sampler = _KeyedSampler
         self.identity = identity
@@ -244,9 +258,9 @@ class _ClipTask:
             position_ids = torch.arange(length, device=room.device)[None] + offset[:, None]
         out = ctx.module("clip")(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  pixel_values=normalize(batch["images"]), position_ids=position_ids)
-        same = (batch["groups"][:, None] == batch["groups"][None, :]).float()
-        target = same / same.sum(1, keepdim=True)  # symmetric: the same targets for both directions
-        loss = (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
+        pos = batch["positives"].float()  # [text, image]
+        loss = (F.cross_entropy(out.logits_per_text, pos / pos.sum(1, keepdim=True))
+                + F.cross_entropy(out.logits_per_image, pos.T / pos.T.sum(1, keepdim=True))) / 2
         ctx.backward(loss)
         ctx.optimizer_step("clip")
         with torch.no_grad():
@@ -329,11 +343,11 @@ def train_shapes_clip(dataset_dir: str | Path, out_dir: str | Path, cfg: dict) -
 
     identity = {"recipe": "clip", "cfg": cfg, "annotations_sha256": sha256_file(annotations)}
     task = _ClipTask(model, cfg, identity)
-    data = _Pairs(images, ids, cfg["captions"], cfg["seed"])
+    data = _Pairs(images, ids, cfg["captions"], cfg["seed"], tokenizer.pad_token_id)
     result = run_training(task, data, {
         "steps": cfg["steps"], "batch_size": cfg["batch_size"], "seed": cfg["seed"], "mixed_precision": "auto",
         "compile": False, "save_every": 100, "log_every": max(1, cfg["steps"] // 12)}, work,
-        collate_fn=lambda items: _collate(items, tokenizer.pad_token_id))
+        collate_fn=data.collate)
 
     trained = CLIPModel.from_pretrained(work / "model", local_files_only=True)
     losses = [row["loss"] for row in read_jsonl(work / "model" / "train_log.jsonl")]

@@ -64,6 +64,16 @@ def _mixed_precision(value: str) -> str:
     return value
 
 
+def _accelerator(mixed_precision: str) -> Accelerator:
+    """accelerate keeps one state per process and refuses a second run in it (a benchmark training a CLIP,
+    then a GAN) another precision; outside a distributed run that state is this run's to set."""
+    from accelerate.state import AcceleratorState
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=_mixed_precision(mixed_precision))
+
+
 def _build_optimizer(spec: OptimizerSpec) -> tuple[torch.optim.Optimizer, list[float]]:
     """The torch optimizer of ``spec`` and each of its groups' ``lr_mult``; groups with ``lr_mult == 0``
     are frozen (``requires_grad`` off) and left out."""
@@ -263,7 +273,7 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
     t0 = time.time()
     cfg = resolve_config(cfg)
     out_dir = Path(out_dir)
-    acc = Accelerator(mixed_precision=_mixed_precision(cfg["mixed_precision"]))
+    acc = _accelerator(cfg["mixed_precision"])
     set_seed(cfg["seed"], device_specific=True)
     steps = cfg["steps"]
     ident = identity(cfg, _describe(task), input_hashes(inputs))
@@ -320,6 +330,8 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
                     shown = {k: v for k, v in row.items() if k not in ("step", "time")}
                     progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
                     log.info(f"step {done}/{steps} " + " ".join(f"{k} {v:.5g}" for k, v in shown.items()))
+                    if acc.is_main_process and hasattr(task, "on_log"):
+                        task.on_log(row, out_dir)
                 if cfg["snapshot_every"] and done % cfg["snapshot_every"] == 0 and acc.is_main_process:
                     for name, module in raw.items():
                         _save_weights(module.state_dict(), out_dir / SNAPSHOTS / f"{name}-{done:08d}.safetensors")

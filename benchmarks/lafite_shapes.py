@@ -1,0 +1,161 @@
+"""LAFITE on Shapes-T2I, language-free: does training on images only transfer to text prompts?
+
+    .venv/bin/python benchmarks/lafite_shapes.py --kimg 20                 # CPU
+    python3 benchmarks/lafite_shapes.py --kimg 300 --workdir /tmp/lafite   # a GPU box
+    python3 benchmarks/lafite_shapes.py --paper-speed                      # sec/kimg of the 256-px paper network
+
+Generates ``config.yaml``'s ``shapes32`` dataset, trains the Shapes CLIP (``source: trained``,
+recipe ``clip``, its defaults), writes LAFITE's dataset zip and trains ``lafite`` (preset
+``shapes32``, the seed command's loss: language-free, itd = itc = 10, gamma 10, mirror) through the
+system's own code, then samples the ``test`` prompts and prints the Shapes accuracies of three
+generators side by side: trained and conditioned on the prompts' CLIP text features; the same
+network untrained; and the trained one conditioned on random unit features instead of the prompts.
+``--paper-speed`` times training steps (the four phases, batch 32, R1 every 16, path length every 4,
+CLIP ViT-B/32-sized image tower replaced by the Shapes CLIP's) of the paper's 256-px G and D on
+random data and prints sec/kimg.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES32 = {"seed": 0, "image_size": 32, "num_train": 4000, "num_test": 200, "num_holdout": 100, "max_objects": 3,
+            "holdout_pairs": ["red triangle", "blue circle"]}
+LOSS = {"mixing_prob": 1.0, "image_noise": 0.75, "text_noise": 0.1, "temp": 0.5, "lam": 0.0, "itd": 10.0, "itc": 10.0,
+        "iid": 0.0, "iic": 0.0, "gamma": 10.0, "pl_weight": 2.0, "style_mixing": 0.9, "mirror": True, "clip_crop": 0.5}
+TRAIN = {"batch": 32, "lr": 0.0025, "betas": [0.0, 0.99], "ema_kimg": None, "ema_rampup": 0.05, "G_reg_interval": 4,
+         "D_reg_interval": 16, "kimg_per_tick": 4, "snap": 25, "seed": 0, "workers": 2, "mixed_precision": "no",
+         "compile": False}
+
+
+def experiment(kimg: float) -> dict:
+    return {"name": "shapes_lafite", "system": "lafite", "prepare": {"seed": 0, "batch_size": 256},
+            "model": {"preset": "shapes32", "overrides": {}, "projection": "batch_sum"}, "loss": dict(LOSS),
+            "train": {**TRAIN, "kimg": kimg},
+            "sample": {"seed": 0, "num_images": None, "gen_bsz": 200, "compile": False, "truncation_psi": 1.0,
+                       "noise_mode": "const"}}
+
+
+def score(system, exp, inputs, prompts_path, out: Path) -> dict:
+    from t2i.eval.shapes import score_folder
+    from t2i.utils.atomic import read_jsonl
+
+    out.mkdir(parents=True, exist_ok=True)
+    system.sample(exp, inputs, read_jsonl(prompts_path), out)
+    return score_folder(out, prompts_path)["aggregate"]
+
+
+def shapes_transfer(args) -> None:
+    from benchmarks.shapes_default import untrained_model
+    from t2i.checkpoints.hashing import write_sha256sums
+    from t2i.data.lafite_zip import HFClipEncoder
+    from t2i.data.shapes import generate
+    from t2i.systems.lafite import LafiteSystem
+    from t2i.text.shapes_clip import train_shapes_clip
+
+    work = Path(args.workdir)
+    dataset, clip, prepared = work / "dataset", work / "clip", work / "prepared"
+    times = {}
+    if not (dataset / "SHA256SUMS").is_file():
+        generate(dataset, dict(SHAPES32))
+        write_sha256sums(dataset)
+    if not (clip / "SHA256SUMS").is_file():
+        start = time.time()
+        metrics = train_shapes_clip(dataset, clip, {})
+        times["clip"] = time.time() - start
+        print(f"Shapes CLIP zero-shot top-1 on test: {metrics['test']['top1']:.3f} "
+              f"(single objects {metrics['test']['top1_single']:.3f})")
+    exp, system = experiment(args.kimg), LafiteSystem()
+    if not (prepared / "SHA256SUMS").is_file():
+        start = time.time()
+        system.prepare(exp, {"dataset": dataset, "clip": clip}, prepared)
+        write_sha256sums(prepared)
+        times["prepare"] = time.time() - start
+    train_dir = work / f"train_{args.kimg:g}"
+    start = time.time()
+    system.train(exp, {"dataset": dataset, "clip": clip, "prepared": prepared}, train_dir)
+    times["train"] = time.time() - start
+    inputs = {"dataset": dataset, "clip": clip, "model": train_dir / "model"}
+    prompts = dataset / "prompts" / "test.jsonl"
+    results = {"trained, prompt features": score(system, exp, inputs, prompts, work / "samples_trained")}
+    untrained = {**inputs, "model": untrained_model(train_dir / "model", work / "untrained", exp["train"]["seed"])}
+    results["untrained"] = score(system, exp, untrained, prompts, work / "samples_untrained")
+
+    def random_features(self, texts):
+        return torch.randn(len(texts), self.model.config.projection_dim, generator=torch.Generator().manual_seed(0))
+
+    with mock.patch.object(HFClipEncoder, "text_features", random_features):
+        results["trained, random features"] = score(system, exp, inputs, prompts, work / "samples_random")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"\nLAFITE shapes32, language-free, {args.kimg:g} kimg at batch 32 on {device} "
+          f"({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}); seconds: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
+    print(f"{'generator':<28} {'single-object prompt_acc':>24} {'object_acc':>11} {'prompt_acc':>11}")
+    for label, agg in results.items():
+        single = agg["by_type"]["single"]["prompt_acc"]
+        print(f"{label:<28} {single:>24.3f} {agg['object_acc']:>11.3f} {agg['prompt_acc']:>11.3f}")
+
+
+def paper_speed(args) -> None:
+    """sec/kimg of the paper's 256-px networks through the LAFITE task's step, on random data."""
+    from t2i.models.lafite import lafite_from_preset
+    from t2i.systems.lafite import LafiteTask
+    from t2i.train.loop import _build_optimizer, _Context
+    from accelerate import Accelerator
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    G, D = lafite_from_preset("paper256", f_dim=512)
+    tower = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(3 * 49, 512))
+    exp = {"loss": dict(LOSS), "train": {**TRAIN, "kimg": 1}}
+    task = LafiteTask(G.to(device), D.to(device), tower.to(device).requires_grad_(False), exp, meta={})
+    task.buffers = {k: v.to(device) for k, v in task.buffers.items()}
+    built = {n: _build_optimizer(s) for n, s in task.optimizers.items()}
+    ctx = _Context(Accelerator(cpu=device.type == "cpu"), task.modules, task.frozen,
+                   {n: o for n, (o, _) in built.items()}, task.optimizers, {n: m for n, (_, m) in built.items()})
+    batch = {"image": torch.randint(0, 256, (32, 3, 256, 256), dtype=torch.uint8, device=device),
+             "img_feature": torch.randn(32, 512, device=device)}
+
+    def steps(n, first):
+        for s in range(first, first + n):
+            ctx.begin(s)
+            task.step(batch, s, ctx)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    steps(16, 0)  # warm-up, one full regularisation cycle
+    start = time.time()
+    steps(args.speed_steps, 16)
+    seconds = time.time() - start
+    per_kimg = seconds / (args.speed_steps * 32 / 1000)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"LAFITE paper256 (G {sum(p.numel() for p in G.parameters()) / 1e6:.1f} M, "
+          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.1f} M), batch 32, fp32, {name}: "
+          f"{per_kimg:.2f} s/kimg ({args.speed_steps} steps, R1 every 16, path length every 4)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kimg", type=float, default=20)
+    ap.add_argument("--workdir", default="/tmp/t2i-lafite-bench")
+    ap.add_argument("--paper-speed", action="store_true")
+    ap.add_argument("--speed-steps", type=int, default=32)
+    args = ap.parse_args()
+    if args.paper_speed:
+        paper_speed(args)
+    else:
+        shapes_transfer(args)
+
+
+if __name__ == "__main__":
+    main()
