@@ -38,9 +38,9 @@ TRAIN = {"batch": 32, "lr": 0.0025, "betas": [0.0, 0.99], "ema_kimg": None, "ema
          "compile": False}
 
 
-def experiment(kimg: float) -> dict:
+def experiment(kimg: float, gamma: float) -> dict:
     return {"name": "shapes_lafite", "system": "lafite", "prepare": {"seed": 0, "batch_size": 256},
-            "model": {"preset": "shapes32", "overrides": {}, "projection": "batch_sum"}, "loss": dict(LOSS),
+            "model": {"preset": "shapes32", "overrides": {}, "projection": "batch_sum"}, "loss": {**LOSS, "gamma": gamma},
             "train": {**TRAIN, "kimg": kimg},
             "sample": {"seed": 0, "num_images": None, "gen_bsz": 200, "compile": False, "truncation_psi": 1.0,
                        "noise_mode": "const"}}
@@ -75,13 +75,13 @@ def shapes_transfer(args) -> None:
         times["clip"] = time.time() - start
         print(f"Shapes CLIP zero-shot top-1 on test: {metrics['test']['top1']:.3f} "
               f"(single objects {metrics['test']['top1_single']:.3f})")
-    exp, system = experiment(args.kimg), LafiteSystem()
+    exp, system = experiment(args.kimg, args.gamma), LafiteSystem()
     if not (prepared / "SHA256SUMS").is_file():
         start = time.time()
         system.prepare(exp, {"dataset": dataset, "clip": clip}, prepared)
         write_sha256sums(prepared)
         times["prepare"] = time.time() - start
-    train_dir = work / f"train_{args.kimg:g}"
+    train_dir = work / f"train_{args.kimg:g}_{args.gamma:g}"
     start = time.time()
     system.train(exp, {"dataset": dataset, "clip": clip, "prepared": prepared}, train_dir)
     times["train"] = time.time() - start
@@ -97,7 +97,7 @@ def shapes_transfer(args) -> None:
     with mock.patch.object(HFClipEncoder, "text_features", random_features):
         results["trained, random features"] = score(system, exp, inputs, prompts, work / "samples_random")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"\nLAFITE shapes32, language-free, {args.kimg:g} kimg at batch 32 on {device} "
+    print(f"\nLAFITE shapes32, language-free, gamma {args.gamma:g}, {args.kimg:g} kimg at batch 32 on {device} "
           f"({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}); seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"{'generator':<28} {'single-object prompt_acc':>24} {'object_acc':>11} {'prompt_acc':>11}")
@@ -147,6 +147,7 @@ def paper_speed(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kimg", type=float, default=20)
+    ap.add_argument("--gamma", type=float, default=10.0, help="R1 weight (the seed's 10 is for 256 px)")
     ap.add_argument("--workdir", default="/tmp/t2i-lafite-bench")
     ap.add_argument("--paper-speed", action="store_true")
     ap.add_argument("--speed-steps", type=int, default=32)

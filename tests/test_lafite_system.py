@@ -101,7 +101,7 @@ def prepared(shapes32, tmp_path_factory):
     dataset, clip, prepared = root / "dataset", root / "clip", root / "prepared"
     shutil.copytree(shapes32, dataset)
     write_sha256sums(dataset)  # as every input folder of a stage has
-    train_shapes_clip(dataset, clip, {"steps": 5, "batch_size": 32, "width": 32, "layers": 1, "projection_dim": 16})
+    train_shapes_clip(dataset, clip, {"steps": 5, "batch_size": 32, "width": 32, "layers": 2, "projection_dim": 16})
     LafiteSystem().prepare(EXP, {"dataset": dataset, "clip": clip}, prepared)
     write_sha256sums(prepared)
     return {"dataset": dataset, "clip": clip, "prepared": prepared}

@@ -17,8 +17,9 @@ from t2i.utils.atomic import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"steps": 30, "batch_size": 32, "lr": 3e-3, "seed": 0, "width": 32, "layers": 2, "patch_size": 8,
         "projection_dim": 32, "captions": "mixed"}
-FOLDER_FILES = ["SHA256SUMS", "config.json", "merges.txt", "metrics.json", "model.safetensors", "processor_config.json",
-                "provenance.json", "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+FOLDER_FILES = ["SHA256SUMS", "config.json", "merges.txt", "metrics.json", "model.safetensors",
+                "preprocessor_config.json", "processor_config.json", "provenance.json", "tokenizer.json",
+                "tokenizer_config.json", "vocab.json"]
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +62,29 @@ def test_tokenizer_is_word_level_and_deterministic(shapes32):
 
 def test_caption_choice_is_keyed_by_step_and_annotated_texts_are_positives():
     images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 3, 4, 4)
-    # image i: kind j has texts [i, 100 + j, n] (long captions one token longer); all share the tag [0, 101, 0]
-    ids = [{k: [[i, 100 + j, n] + [7] * (k == "long_caption") for n in range(3)]
+    # image i: kind j has texts [i, 100 + j, n], three tags and one text of each other kind (long captions one
+    # token longer); all images share the tag [0, 101, 0]
+    ids = [{k: [[i, 100 + j, n] + [7] * (k == "long_caption") for n in range(3 if k == "tag" else 1)]
             for j, k in enumerate(shapes_clip.TEXT_KINDS)} for i in range(8)]
     for d in ids:
         d["tag"][0] = [0, 101, 0]
     data = shapes_clip._Pairs(images, ids, "mixed", seed=0, pad_id=99)
     assert [data[(i, 5)] for i in range(8)] == [data[(i, 5)] for i in range(8)]
-    drawn = [data[(i, s)][1] for i in range(8) for s in range(40)]
-    assert {t[1] - 100 for t in drawn} == set(range(4)) and {t[2] for t in drawn} == set(range(3))
-    # a step draws long captions for all its images or for none (short padding on the other steps)
-    long = [[data[(i, s)][1][1] == 103 for i in range(8)] for s in range(40)]
-    assert all(len(set(step)) == 1 for step in long) and any(step[0] for step in long)
-    assert shapes_clip._Pairs(images, ids, "caption", seed=0, pad_id=99)[(2, 7)][1] == [2, 100, 0]
-
-    batch = data.collate([(3, [3, 100, 0], data.text_ids[3]["caption"][0]), (5, [0, 101, 0], data.text_ids[5]["tag"][0]),
-                          (6, [6, 103, 1, 7], data.text_ids[6]["long_caption"][1])])
+    kinds = [[texts[0][1] - 100 for _, texts, _ in (data[(i, s)] for i in range(8))] for s in range(60)]
+    # mixed: every kind is drawn; a long-caption step gives every image its long caption (short padding elsewhere)
+    assert {k for step in kinds for k in step} == {0, 1, 2, 3}
+    assert all((3 in step) == (set(step) == {3}) for step in kinds)
+    one = shapes_clip._Pairs(images, ids, "tag", seed=0, pad_id=99)
+    assert {one[(2, s)][1][0][2] for s in range(20)} == {0, 1, 2} and one[(2, 7)][1][0][:2] in ([2, 101], [0, 101])
+    t = data.text_ids
+    batch = data.collate([(3, [[3, 100, 0]], [t[3]["caption"][0]]), (5, [[0, 101, 0]], [t[5]["tag"][0]]),
+                          (6, [[6, 100, 0], [6, 103, 0, 7]], [t[6]["caption"][0], t[6]["long_caption"][0]])])
     assert batch["images"][:, 0, 0, 0].tolist() == [3, 5, 6]
-    assert batch["input_ids"].tolist() == [[3, 100, 0, 99], [0, 101, 0, 99], [6, 103, 1, 7]]
-    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 4]
-    # the shared tag is true of every image: [text, image]
-    assert batch["positives"].tolist() == [[True, False, False], [True, True, True], [False, False, True]]
+    assert batch["input_ids"].tolist() == [[3, 100, 0, 99], [0, 101, 0, 99], [6, 100, 0, 99], [6, 103, 0, 7]]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 3, 3, 4]
+    # [text, image]: a text is positive for its own image and for any image annotated with it (the shared tag)
+    assert batch["positives"].tolist() == [[True, False, False], [True, True, True], [False, False, True],
+                                           [False, False, True]]
 
     args = {"dataset_size": 8, "global_batch": 4, "rank": 0, "world": 1, "seed": 0, "stop": 6}
     full = list(shapes_clip._KeyedSampler(start=0, **args))
@@ -106,20 +109,25 @@ def test_folder_loads_offline_through_the_transformers_classes(trained, shapes32
     from t2i.eval.image_folder import decode_rgb
 
     inputs = processor(text=prompts, images=[Image.open(image)], return_tensors="pt", padding=True)
-    assert inputs["input_ids"].tolist() == auto(prompts, padding=True)["input_ids"] == clip_tok(prompts, padding=True)["input_ids"]
+    assert inputs["input_ids"].tolist() == auto(prompts, padding=True)["input_ids"]
+    assert inputs["input_ids"].tolist() == clip_tok(prompts, padding=True)["input_ids"]
     assert inputs["attention_mask"][0].tolist() == [1] * 5 + [0] * (inputs["input_ids"].shape[1] - 5)
     # the dataset's images pass through unresized: pixel_values are the normalised pixels
-    torch.testing.assert_close(inputs["pixel_values"], shapes_clip.normalize(decode_rgb(image)[None]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inputs["pixel_values"], shapes_clip.normalize(decode_rgb(image)[None]),
+                               atol=1e-5, rtol=0)
 
     model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
-    text = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True).eval()
+    text, info = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]  # text_config carries the projection size
+    text.eval()
     vision = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True).eval()
     with torch.no_grad():
         out = model(**inputs)
-        torch.testing.assert_close(torch.nn.functional.normalize(text(input_ids=inputs["input_ids"],
-                                   attention_mask=inputs["attention_mask"]).text_embeds, dim=-1), out.text_embeds)
-        torch.testing.assert_close(torch.nn.functional.normalize(vision(pixel_values=inputs["pixel_values"]).image_embeds,
-                                   dim=-1), out.image_embeds)
+        text_embeds = text(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).text_embeds
+        image_embeds = vision(pixel_values=inputs["pixel_values"]).image_embeds
+    unit = torch.nn.functional.normalize
+    torch.testing.assert_close(unit(text_embeds, dim=-1), out.text_embeds)
+    torch.testing.assert_close(unit(image_embeds, dim=-1), out.image_embeds)
 
 
 def test_pooled_output_is_the_eos_state(trained):
@@ -129,9 +137,11 @@ def test_pooled_output_is_the_eos_state(trained):
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = CLIPTextModel.from_pretrained(folder, local_files_only=True).eval()
     config = model.config
-    assert (config.bos_token_id, config.eos_token_id, config.vocab_size) == (tok.bos_token_id, tok.eos_token_id, len(tok))
+    assert (config.bos_token_id, config.eos_token_id) == (tok.bos_token_id, tok.eos_token_id)
+    assert config.vocab_size == len(tok)
     assert config.eos_token_id != 2  # not the legacy argmax pooling (which would agree anyway: EOS is the largest id)
-    enc = tok(["two red squares", "a large cyan circle above a small yellow triangle"], padding=True, return_tensors="pt")
+    enc = tok(["two red squares", "a large cyan circle above a small yellow triangle"], padding=True,
+              return_tensors="pt")
     with torch.no_grad():
         out = model(**enc, output_hidden_states=True)
     eos = enc["attention_mask"].sum(1) - 1
@@ -158,8 +168,8 @@ def test_clip_score_runs_with_the_shapes_clip(trained, shapes32, tmp_path):
     rows = read_jsonl(shapes32 / "annotations.jsonl")[:3]
     for i, row in enumerate(rows):
         shutil.copy(shapes32 / "images" / f"{row['name']}.png", tmp_path / f"{i:06d}.png")
-    (tmp_path / "index.jsonl").write_text("".join(json.dumps({"id": i, "prompt": r["long_caption"], "seed": 0,
-                                                              "file": f"{i:06d}.png"}) + "\n" for i, r in enumerate(rows)))
+    index = [{"id": i, "prompt": r["long_caption"], "seed": 0, "file": f"{i:06d}.png"} for i, r in enumerate(rows)]
+    (tmp_path / "index.jsonl").write_text("".join(json.dumps(row) + "\n" for row in index))
     result = clip_score_folder(tmp_path, folder, device="cpu", batch_size=2)
     assert result["num_images"] == 3 and 0 <= result["clip_score"] <= 100
 

@@ -20,10 +20,13 @@ largest id; pad and unk are EOS, as in openai/clip). The text config carries the
 ``CLIPTextModel`` pools at the first EOS.
 
 **Training** (:func:`train_shapes_clip`, through :func:`t2i.train.loop.run_training`): the train
-split's images with one text per image and step (``captions``: the short caption, one tag, all tags
-joined by commas, the long caption, or a ``mixed`` choice keyed by step and image), a symmetric InfoNCE whose targets
-treat identical texts in a batch as positives, a learned temperature clamped at 100 like CLIP's,
-AdamW with warmup and a cosine decay. No augmentation: a flip would swap left and right.
+split's images, each with one text per step (``captions``: one kind, or ``mixed``: on a random 10%
+of the steps every image takes its long caption, on the others its short caption (70%), one of its
+tags (15%) or all its tags joined by commas (15%)), a symmetric InfoNCE in which a text
+is positive for every image of the batch that has it among its annotations (a tag like "red circle"
+fits many images), a learned temperature clamped at 100 like CLIP's, AdamW with warmup and a cosine
+decay. No augmentation: a flip would swap left and right. Random choices are keyed by (seed, step,
+image), so a resumed run draws the same batches.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from t2i.checkpoints.hashing import sha256_file, write_sha256sums
-from t2i.data.shapes import PALETTE, SHAPES
+from t2i.data.shapes import PALETTE, SHAPES, SIZES
 from t2i.eval.image_folder import iter_batches
 from t2i.train.optim import decay_groups
 from t2i.train.state import StepBatchSampler
@@ -57,25 +60,21 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = math.log(100.0)
 LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature
 TEXT_KINDS = ("caption", "tag", "tags", "long_caption")
-# captions: mixed. A step is a long-caption step with probability 0.15 (one kind per step keeps the padding
-# short on the other steps); otherwise each image draws a caption (0.5), one of its tags (0.3) or all tags (0.2).
-import os
-OFFSETS = bool(os.environ.get("OFFSETS"))
-LONG_STEP = 0.15
-MIXED_SHORT = {"caption": 0.5, "tag": 0.3, "tags": 0.2}
-EXTRA = os.environ.get("EXTRA", "one")
-if os.environ.get("MIX"):
-    MIXED_SHORT = dict(zip(MIXED_SHORT, map(float, os.environ["MIX"].split(","))))
+# captions: mixed. A step is a long-caption step with probability LONG_STEP (one kind of step keeps the padding
+# short on the others); otherwise each image draws its text kind from MIXED.
+LONG_STEP = 0.1
+MIXED = {"caption": 0.7, "tag": 0.15, "tags": 0.15}
 PROMPTS = tuple(f"a {c} {s}" for c in PALETTE for s in SHAPES)  # zero-shot classes
 # The asset keys this recipe reads, and their values where a block leaves them out (the schema's defaults).
-DEFAULTS = {"steps": 300, "batch_size": 128, "lr": 2e-3, "seed": 0, "width": 64, "layers": 2, "patch_size": 4,
-            "projection_dim": 64, "captions": "mixed"}
+DEFAULTS = {"steps": 1000, "batch_size": 64, "lr": 2e-3, "seed": 0, "width": 64, "layers": 2, "patch_size": 4,
+            "projection_dim": 64, "captions": "caption"}
 
 
 # ---------------------------------------------------------------------------- text
 
 def texts_of(row: dict) -> dict[str, list[str]]:
-    """An annotation row's texts by kind: ``caption``, ``tag`` (each tag), ``tags`` (joined by commas), ``long_caption``."""
+    """An annotation row's texts by kind: ``caption``, ``tag`` (each tag), ``tags`` (joined by commas),
+    ``long_caption``."""
     return {"caption": [row["caption"]], "tag": list(row["tags"]), "tags": [", ".join(row["tags"])],
             "long_caption": [row["long_caption"]]}
 
@@ -83,7 +82,8 @@ def texts_of(row: dict) -> dict[str, list[str]]:
 def _words(texts, tokenizer: CLIPTokenizer) -> list[str]:
     """The sorted pre-tokens (byte-level words) of ``texts`` under CLIP's normaliser and pre-tokenizer."""
     backend = tokenizer.backend_tokenizer
-    return sorted({w for t in texts for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(t))})
+    split, norm = backend.pre_tokenizer.pre_tokenize_str, backend.normalizer.normalize_str
+    return sorted({w for t in texts for w, _ in split(norm(t))})
 
 
 def word_merges(words: list[str]) -> list[tuple[str, str]]:
@@ -135,7 +135,8 @@ def save_tokenizer_files(tokenizer: CLIPTokenizer, out_dir: Path) -> None:
 def build_processor(tokenizer: CLIPTokenizer, image_size: int) -> CLIPProcessor:
     """``CLIPProcessor``: ``tokenizer`` and a ``CLIPImageProcessor`` at the dataset's size with CLIP's
     mean and std (a dataset-size image passes through unresized; others are resized and centre-cropped)."""
-    images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    images = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                crop_size={"height": image_size, "width": image_size},
                                 image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
@@ -149,11 +150,14 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- model
 
-def clip_config(cfg: dict, *, vocab_size: int, bos_id: int, eos_id: int, max_length: int, image_size: int) -> CLIPConfig:
-    """A small ``CLIPConfig``: both towers ``width`` wide (heads of 32), ``layers`` deep, MLP 4x."""
+def clip_config(cfg: dict, *, vocab_size: int, bos_id: int, eos_id: int, max_length: int,
+                image_size: int) -> CLIPConfig:
+    """A small ``CLIPConfig``: both towers ``width`` wide (heads of 32), ``layers`` deep, MLP 4x; the
+    projection size is set on the towers too (the ``*WithProjection`` models read it there)."""
     width, layers = cfg["width"], cfg["layers"]
     tower = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
-             "num_attention_heads": max(1, width // 32), "hidden_act": "quick_gelu"}
+             "num_attention_heads": max(1, width // 32), "hidden_act": "quick_gelu",
+             "projection_dim": cfg["projection_dim"]}
     if image_size % cfg["patch_size"]:
         raise ValueError(f"patch_size {cfg['patch_size']} does not divide the image size {image_size}")
     return CLIPConfig(
@@ -163,7 +167,8 @@ def clip_config(cfg: dict, *, vocab_size: int, bos_id: int, eos_id: int, max_len
         projection_dim=cfg["projection_dim"], logit_scale_init_value=LOGIT_SCALE_INIT)
 
 
-def text_features(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def text_features(model: CLIPModel, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """L2-normalised projected text features (the same in transformers 4 and 5)."""
     pooled = model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     return F.normalize(model.text_projection(pooled), dim=-1)
@@ -178,10 +183,11 @@ def image_features(model: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor
 
 class _Pairs(torch.utils.data.Dataset):
     """Images (uint8) with their tokenised texts (``ids[i][kind]``: a list of token lists). Item
-    ``(index, step)`` draws its text from ``(seed, step)`` and ``(seed, step, index)`` (``captions``:
-    one kind or ``mixed``), so the batch of a step is the same on a resumed run. :meth:`collate`
-    marks a text positive for every image of the batch that has the same text among its annotations
-    (a tag such as "red circle" fits many images; ordinary InfoNCE would push those apart)."""
+    ``(index, step)`` gives the image's texts of that step, drawn from ``(seed, step)`` and
+    ``(seed, step, index)`` (``captions``: one text of a kind, or ``mixed``), so the batch of a step
+    is the same on a resumed run. :meth:`collate` marks a text positive for every image of the batch
+    that has the same text among its annotations (a tag such as "red circle" fits many images; plain
+    InfoNCE would push those apart). Items carry lists of texts, so an image may bring several."""
 
     def __init__(self, images: torch.Tensor, ids: list[dict[str, list[list[int]]]], captions: str, seed: int,
                  pad_id: int):
@@ -197,20 +203,12 @@ class _Pairs(torch.utils.data.Dataset):
         """Image ``index`` and its texts of this step (token lists and text ids)."""
         i, step = item
         rng = np.random.default_rng([self.seed, step, i])
-        if self.captions != "mixed":
-            picks = [(self.captions, int(rng.integers(len(self.ids[i][self.captions]))))]
-        elif EXTRA in ("alltags", "twotags"):
-            if np.random.default_rng([self.seed, step]).random() < LONG_STEP:
-                picks = [("caption", 0), ("long_caption", 0)]
-            else:
-                n = len(self.ids[i]["tag"])
-                tags = range(n) if EXTRA == "alltags" else rng.choice(n, size=min(2, n), replace=False).tolist()
-                picks = [("caption", 0)] + [("tag", int(j)) for j in tags]
-        else:
+        kind = self.captions
+        if kind == "mixed":
             kind = "long_caption" if np.random.default_rng([self.seed, step]).random() < LONG_STEP else \
-                list(MIXED_SHORT)[rng.choice(len(MIXED_SHORT), p=list(MIXED_SHORT.values()))]
-            picks = [("caption", 0), (kind, int(rng.integers(len(self.ids[i][kind]))))]
-        return i, [self.ids[i][k][j] for k, j in picks], [self.text_ids[i][k][j] for k, j in picks]
+                list(MIXED)[rng.choice(len(MIXED), p=list(MIXED.values()))]
+        j = int(rng.integers(len(self.ids[i][kind])))
+        return i, [self.ids[i][kind][j]], [self.text_ids[i][kind][j]]
 
     def collate(self, items: list) -> dict[str, torch.Tensor]:
         """Images, padded ``input_ids`` and ``attention_mask`` of all their texts, and ``positives`` [text, image]."""
@@ -244,20 +242,14 @@ class _ClipTask:
         self.modules, self.frozen, self.ema = {"clip": model}, {}, []
         steps = cfg["steps"]
         self.optimizers = {"clip": OptimizerSpec(decay_groups(model, 0.1), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
-                                                 weight_decay=0.1, warmup_steps=max(1, steps // 10), grad_clip=float(os.environ.get("CLIPG", 1.0)),
+                                                 weight_decay=0.1, warmup_steps=max(1, steps // 10), grad_clip=1.0,
                                                  decay="cosine", total_steps=steps)}
         self.batch_sampler = _KeyedSampler
         self.identity = identity
 
     def step(self, batch: dict, step: int, ctx) -> dict:
-        position_ids = None
-        if OFFSETS:
-            n, length = batch["input_ids"].shape
-            room = self.model.config.text_config.max_position_embeddings - batch["attention_mask"].sum(1)
-            offset = (torch.rand(n, device=room.device) * (room + 1)).long().clamp(max=self.model.config.text_config.max_position_embeddings - length)
-            position_ids = torch.arange(length, device=room.device)[None] + offset[:, None]
         out = ctx.module("clip")(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 pixel_values=normalize(batch["images"]), position_ids=position_ids)
+                                 pixel_values=normalize(batch["images"]))
         pos = batch["positives"].float()  # [text, image]
         loss = (F.cross_entropy(out.logits_per_text, pos / pos.sum(1, keepdim=True))
                 + F.cross_entropy(out.logits_per_image, pos.T / pos.T.sum(1, keepdim=True))) / 2
@@ -280,23 +272,29 @@ def zero_shot(model: CLIPModel, tokenizer, images: torch.Tensor, rows: list[dict
     """Zero-shot colour+shape accuracy over ``images`` (uint8) with their annotation ``rows``.
 
     ``top1``: the best of the 18 prompts "a {colour} {shape}" names a pair the image holds;
-    ``top1_single``: the same on single-object images; ``t2i_top1``: each image's short caption
-    retrieves (among these images) one with the same caption.
+    ``top1_single``: the same on single-object images; ``*_sized``: the same, each pair scored by
+    its best of "a small/large {colour} {shape}" (the captions' wording); ``t2i_top1``: each
+    image's short caption retrieves (among these images) one with the same caption.
     """
     model.eval()
-    enc = tokenizer(list(PROMPTS), padding=True, return_tensors="pt")
-    prompts = text_features(model, enc["input_ids"], enc["attention_mask"])
     feats = torch.cat([image_features(model, normalize(b)) for b in images.split(256)])
-    pred = (feats @ prompts.T).argmax(1).tolist()
-    hit = torch.tensor([PROMPTS[p] in {f"a {o['color']} {o['shape']}" for o in r["objects"]} for p, r in zip(pred, rows)])
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        return text_features(model, enc["input_ids"], enc["attention_mask"])
+
+    held = [{f"a {o['color']} {o['shape']}" for o in r["objects"]} for r in rows]
     single = torch.tensor([len(r["objects"]) == 1 for r in rows])
+    out = {}
+    sized = torch.stack([feats @ embed([p.replace("a ", f"a {size} ", 1) for p in PROMPTS]).T for size in SIZES])
+    for suffix, sims in (("", feats @ embed(list(PROMPTS)).T), ("_sized", sized.amax(0))):
+        hit = torch.tensor([PROMPTS[p] in h for p, h in zip(sims.argmax(1).tolist(), held)])
+        out[f"top1{suffix}"] = hit.float().mean().item()
+        out[f"top1_single{suffix}"] = hit[single].float().mean().item() if single.any() else None
     captions = [r["caption"] for r in rows]
-    enc = tokenizer(captions, padding=True, return_tensors="pt")
-    retrieved = (text_features(model, enc["input_ids"], enc["attention_mask"]) @ feats.T).argmax(1).tolist()
-    t2i = [captions[j] == c for j, c in zip(retrieved, captions)]
-    return {"top1": hit.float().mean().item(),
-            "top1_single": hit[single].float().mean().item() if single.any() else None,
-            "t2i_top1": float(np.mean(t2i)), "num_images": len(rows), "num_single": int(single.sum())}
+    retrieved = (embed(captions) @ feats.T).argmax(1).tolist()
+    out["t2i_top1"] = float(np.mean([captions[j] == c for j, c in zip(retrieved, captions)]))
+    return {**out, "num_images": len(rows), "num_single": int(single.sum())}
 
 
 def _load_images(dataset_dir: Path, rows: list[dict]) -> torch.Tensor:
@@ -346,7 +344,7 @@ def train_shapes_clip(dataset_dir: str | Path, out_dir: str | Path, cfg: dict) -
     data = _Pairs(images, ids, cfg["captions"], cfg["seed"], tokenizer.pad_token_id)
     result = run_training(task, data, {
         "steps": cfg["steps"], "batch_size": cfg["batch_size"], "seed": cfg["seed"], "mixed_precision": "auto",
-        "compile": False, "save_every": 100, "log_every": max(1, cfg["steps"] // 12)}, work,
+        "compile": False, "save_every": 200, "log_every": max(1, cfg["steps"] // 12)}, work,
         collate_fn=data.collate)
 
     trained = CLIPModel.from_pretrained(work / "model", local_files_only=True)
@@ -357,14 +355,18 @@ def train_shapes_clip(dataset_dir: str | Path, out_dir: str | Path, cfg: dict) -
                 "train_wall_time_s": result["wall_time_s"], "steps": result["step"],
                 "vocab_size": len(tokenizer), "max_length": max_length,
                 "num_parameters": sum(p.numel() for p in trained.parameters())}
-    log.info(f"shapes CLIP: zero-shot test top-1 {metrics['test']['top1']:.3f} "
-          f"(single objects {metrics['test']['top1_single']}), text->image {metrics['test']['t2i_top1']:.3f}, "
-          f"train {result['wall_time_s']:.0f} s")
+    test = metrics["test"]
+    log.info("shapes CLIP: zero-shot test top-1 %.3f (single objects %s, sized prompts %s), text->image %.3f; "
+             "trained %d steps in %.0f s", test["top1"], test["top1_single"], test["top1_single_sized"],
+             test["t2i_top1"], result["step"], result["wall_time_s"])
 
     for path in (work / "model").iterdir():  # the CLIPModel's files, not the loop's records
         if path.name not in ("train_log.jsonl", "provenance.json", "SHA256SUMS"):
             os.replace(path, out_dir / path.name)
-    build_processor(tokenizer, image_size).save_pretrained(out_dir)
+    processor = build_processor(tokenizer, image_size)
+    processor.save_pretrained(out_dir)
+    # transformers 4 (and diffusers) read these: preprocessor_config.json, vocab.json, merges.txt
+    processor.image_processor.save_pretrained(out_dir)
     save_tokenizer_files(tokenizer, out_dir)
     atomic_write_json(out_dir / "metrics.json", metrics)
     shutil.rmtree(work)
