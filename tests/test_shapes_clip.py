@@ -12,6 +12,7 @@ import yaml
 
 from t2i.checkpoints.hashing import verify_sha256sums, write_sha256sums
 from t2i.text import shapes_clip
+from t2i.train.state import StepKeyedBatchSampler
 from t2i.utils.atomic import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +88,8 @@ def test_caption_choice_is_keyed_by_step_and_annotated_texts_are_positives():
                                            [False, False, True]]
 
     args = {"dataset_size": 8, "global_batch": 4, "rank": 0, "world": 1, "seed": 0, "stop": 6}
-    full = list(shapes_clip._KeyedSampler(start=0, **args))
-    assert list(shapes_clip._KeyedSampler(start=4, **args)) == full[4:]
+    full = list(StepKeyedBatchSampler(start=0, **args))
+    assert list(StepKeyedBatchSampler(start=4, **args)) == full[4:]
     assert [{s for _, s in b} for b in full] == [{s} for s in range(6)]
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from t2i.gan.lafite import contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
 from t2i.systems.sampling import Generated, prepare_module, row_noise, run_sampling
-from t2i.train.state import StepBatchSampler
+from t2i.train.state import StepKeyedBatchSampler
 from t2i.utils.device import default_device
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ClipImageTower(torch.nn.Module):
 
 class _MirroredKeyed(torch.utils.data.Dataset):
     """The zip's items, doubled by left-right flipped copies when ``mirror`` (the original's xflip);
-    an item is ``(index, key)`` where the key picks the caption of ground-truth-text training."""
+    an item is ``(index, step)``: the step keys the caption pick of ground-truth-text training."""
 
     def __init__(self, zip_dataset, mirror: bool, with_text: bool):
         self.data, self.mirror, self.with_text = zip_dataset, mirror, with_text
@@ -79,14 +79,6 @@ class _MirroredKeyed(torch.utils.data.Dataset):
         index, key = item
         i, flip = index % len(self.data), index >= len(self.data)
         return self.data[(i, flip, key) if self.with_text else (i, flip)]
-
-
-class _KeyedSampler(StepBatchSampler):
-    """StepBatchSampler whose items carry a key unique to (step, position): the caption pick."""
-
-    def __iter__(self):
-        for step, batch in enumerate(super().__iter__(), start=self.start):
-            yield [(i, step * self.global_batch + self.offset + j) for j, i in enumerate(batch)]
 
 
 def train_units(train: dict) -> dict:
@@ -285,7 +277,7 @@ class LafiteSystem:
                                exp["loss"]["clip_crop"])
         meta = {"resolution": data.image_size, "f_dim": data.feature_dim, "mixing_prob": exp["loss"]["mixing_prob"]}
         task = LafiteTask(G, D, tower, exp, meta)
-        task.batch_sampler = _KeyedSampler
+        task.batch_sampler = StepKeyedBatchSampler
         run_training(task, _MirroredKeyed(data, exp["loss"]["mirror"], with_text), train_units(t), out_dir,
                      inputs=inputs)
 

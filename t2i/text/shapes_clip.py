@@ -47,7 +47,7 @@ from t2i.checkpoints.hashing import sha256_file, write_sha256sums
 from t2i.data.shapes import PALETTE, SHAPES, SIZES
 from t2i.eval.image_folder import iter_batches
 from t2i.train.optim import decay_groups
-from t2i.train.state import StepBatchSampler
+from t2i.train.state import StepKeyedBatchSampler
 from t2i.train.task import OptimizerSpec
 from t2i.utils.atomic import atomic_write_json, atomic_write_text, read_jsonl
 from t2i.utils.provenance import write_provenance
@@ -226,14 +226,6 @@ class _Pairs(torch.utils.data.Dataset):
                 "positives": positives}
 
 
-class _KeyedSampler(StepBatchSampler):
-    """The loop's step sampler, with each index paired with its step."""
-
-    def __iter__(self):
-        for step, batch in enumerate(super().__iter__(), start=self.start):
-            yield [(i, step) for i in batch]
-
-
 class _ClipTask:
     """CLIP's contrastive training for the shared loop (module docstring)."""
 
@@ -244,7 +236,7 @@ class _ClipTask:
         self.optimizers = {"clip": OptimizerSpec(decay_groups(model, 0.1), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
                                                  weight_decay=0.1, warmup_steps=max(1, steps // 10), grad_clip=1.0,
                                                  decay="cosine", total_steps=steps)}
-        self.batch_sampler = _KeyedSampler
+        self.batch_sampler = StepKeyedBatchSampler
         self.identity = identity
 
     def step(self, batch: dict, step: int, ctx) -> dict:
