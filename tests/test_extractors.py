@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from t2i.checkpoints.hashing import sha256_file
 from t2i.data.shapes import generate, render
 from t2i.eval import extractors
 from t2i.eval.shapes_classifier import PAIRS, load_shapes_classifier, train_shapes_classifier
@@ -66,7 +67,7 @@ def test_shapes_cnn_is_registered_with_torch_fidelity(shapes_weights):
     x = torch.randint(0, 256, (5, 3, 64, 48), dtype=torch.uint8)  # any size: resized inside
     feat, logits = fe(x)
     assert feat.shape == (5, 64) and logits.shape == (5, len(PAIRS))
-    assert fe.weights_sha256 == extractors.sha256_file(shapes_weights)
+    assert fe.weights_sha256 == sha256_file(shapes_weights)
 
 
 def test_missing_weights_fail_with_one_clear_error(tmp_path):

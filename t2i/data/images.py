@@ -9,13 +9,13 @@ from PIL import Image
 from t2i.utils.atomic import atomic_path
 
 
-def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
-    """Center-crop to a square, then resize to ``size`` (bicubic)."""
+def center_crop_resize(img: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Center-crop to a square, then resize to ``size`` (bicubic unless ``resample`` says otherwise)."""
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     img = img.crop((left, top, left + side, top + side))
-    return img if side == size else img.resize((size, size), Image.BICUBIC)
+    return img if side == size else img.resize((size, size), resample)
 
 
 def load_rgb(path: str | Path, size: int | None = None) -> Image.Image:

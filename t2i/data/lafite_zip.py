@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i.data.captions import list_caption_pairs
+from t2i.data.images import center_crop_resize
 from t2i.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,6 @@ def caption_dir_items(root: str | os.PathLike,
         yield name, path, caption.splitlines()
 
 
-def crop_resize(img: Image.Image, size: int) -> Image.Image:
-    """``dataset_tool.py --transform=center-crop``: centred square crop, lanczos resize to ``size``."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-
-
 def feature_crop_box(name: str, size: int, seed: int) -> tuple[int, int, int]:
     """``(top, left, side)`` of the image-feature crop of image ``name`` (``custom_reshape`` of the original).
 
@@ -148,7 +141,8 @@ def split_long(line: str) -> list[str]:
 
 def _load_image(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(crop_resize(im.convert("RGB"), size))
+        # dataset_tool.py --transform=center-crop: centred square crop, lanczos resize
+        return np.asarray(center_crop_resize(im.convert("RGB"), size, Image.LANCZOS))
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.helpers import vassert
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from t2i.checkpoints.hashing import sha256_file
 from t2i.eval.shapes_classifier import WEIGHTS_NAME, load_shapes_classifier
 
 # torch-fidelity's InceptionV3 weights, converted from TF's inception-2015-12-05 graph: the URL of
@@ -101,14 +101,6 @@ def feature_layers(name: str) -> dict[str, str]:
     """The feature layer each metric reads for extractor ``name`` (torch-fidelity's defaults)."""
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     return {m: cls.get_default_feature_layer_for_metric(m) for m in METRICS}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def create_extractor(name: str, weights_path: str | Path | None, *, device: str | torch.device = "cpu",

@@ -9,6 +9,7 @@ units (``kimg``, ``batch``, ticks of ``kimg_per_tick``, ``snap``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -120,8 +121,6 @@ class LafiteTask:
 
     def on_log(self, row: dict, out_dir: Path) -> None:
         """The original's status line (one per tick) and ``stats.jsonl`` (the row's scalars, by tick)."""
-        import json
-
         import psutil
 
         batch = self.batch_size
@@ -251,8 +250,8 @@ class LafiteSystem:
         from t2i.data.lafite_zip import caption_dir_items, write_dataset_zip
 
         p = exp["prepare"]
-        names = CaptionDirDataset(inputs["dataset"], split="train").names
-        image_size = CaptionDirDataset(inputs["dataset"], split="train")[0]["image"].shape[-1]
+        train = CaptionDirDataset(inputs["dataset"], split="train")
+        names, image_size = train.names, train[0]["image"].shape[-1]
         device = default_device()
         summary = write_dataset_zip(out_dir / ZIP, caption_dir_items(inputs["dataset"], names),
                                     image_size=image_size, clip=load_clip(inputs["clip"], device), device=device,
