@@ -25,6 +25,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,16 +35,24 @@ SHAPES32 = {"seed": 0, "image_size": 32, "num_train": 4000, "num_test": 200, "nu
 LOSS = {"mixing_prob": 1.0, "image_noise": 0.75, "text_noise": 0.1, "temp": 0.5, "lam": 0.0, "itd": 10.0, "itc": 10.0,
         "iid": 0.0, "iic": 0.0, "gamma": 10.0, "pl_weight": 2.0, "style_mixing": 0.9, "mirror": True, "clip_crop": 0.5}
 TRAIN = {"batch": 32, "lr": 0.0025, "betas": [0.0, 0.99], "ema_kimg": None, "ema_rampup": 0.05, "G_reg_interval": 4,
-         "D_reg_interval": 16, "kimg_per_tick": 4, "snap": 25, "seed": 0, "workers": 2, "mixed_precision": "no",
+         "D_reg_interval": 16, "kimg_per_tick": 4, "snap": 25, "seed": 0, "grid_prompts": 8, "workers": 2, "mixed_precision": "no",
          "compile": False}
 
 
-def experiment(kimg: float, gamma: float) -> dict:
-    return {"name": "shapes_lafite", "system": "lafite", "prepare": {"seed": 0, "batch_size": 256},
-            "model": {"preset": "shapes32", "overrides": {}, "projection": "batch_sum"}, "loss": {**LOSS, "gamma": gamma},
-            "train": {**TRAIN, "kimg": kimg},
-            "sample": {"seed": 0, "num_images": None, "gen_bsz": 200, "compile": False, "truncation_psi": 1.0,
-                       "noise_mode": "const"}}
+def experiment(kimg: float, settings: list[str], num_images: int | None = None) -> dict:
+    """The benchmark's experiment; ``settings`` are ``block.key=value`` overrides (YAML values)."""
+    exp = {"name": "shapes_lafite", "system": "lafite", "prepare": {"seed": 0, "batch_size": 256},
+           "model": {"preset": "shapes32", "overrides": {}, "projection": "batch_sum"}, "loss": dict(LOSS),
+           "train": {**TRAIN, "kimg": kimg},
+           "sample": {"seed": 0, "num_images": num_images, "gen_bsz": 200, "compile": False, "truncation_psi": 1.0,
+                      "noise_mode": "const"}}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        block, _, name = key.partition(".")
+        if block not in exp or not isinstance(exp[block], dict) or not name or not value:
+            raise SystemExit(f"--set {setting!r}: expected BLOCK.KEY=VALUE with BLOCK one of model, loss, train")
+        exp[block][name] = yaml.safe_load(value)
+    return exp
 
 
 def score(system, exp, inputs, prompts_path, out: Path) -> dict:
@@ -75,29 +84,31 @@ def shapes_transfer(args) -> None:
         times["clip"] = time.time() - start
         print(f"Shapes CLIP zero-shot top-1 on test: {metrics['test']['top1']:.3f} "
               f"(single objects {metrics['test']['top1_single']:.3f})")
-    exp, system = experiment(args.kimg, args.gamma), LafiteSystem()
+    prompts = dataset / "prompts" / "test.jsonl"
+    num_images = args.images_per_prompt * sum(1 for _ in prompts.open())
+    exp, system = experiment(args.kimg, args.set, num_images), LafiteSystem()
     if not (prepared / "SHA256SUMS").is_file():
         start = time.time()
         system.prepare(exp, {"dataset": dataset, "clip": clip}, prepared)
         write_sha256sums(prepared)
         times["prepare"] = time.time() - start
-    train_dir = work / f"train_{args.kimg:g}_{args.gamma:g}"
+    run = work / "runs" / (f"{args.kimg:g}kimg" + "".join(f"_{s}" for s in args.set))
+    train_dir = run / "train"
     start = time.time()
     system.train(exp, {"dataset": dataset, "clip": clip, "prepared": prepared}, train_dir)
     times["train"] = time.time() - start
     inputs = {"dataset": dataset, "clip": clip, "model": train_dir / "model"}
-    prompts = dataset / "prompts" / "test.jsonl"
-    results = {"trained, prompt features": score(system, exp, inputs, prompts, work / "samples_trained")}
-    untrained = {**inputs, "model": untrained_model(train_dir / "model", work / "untrained", exp["train"]["seed"])}
-    results["untrained"] = score(system, exp, untrained, prompts, work / "samples_untrained")
+    results = {"trained, prompt features": score(system, exp, inputs, prompts, run / "samples_trained")}
+    untrained = {**inputs, "model": untrained_model(train_dir / "model", run / "untrained", exp["train"]["seed"])}
+    results["untrained"] = score(system, exp, untrained, prompts, run / "samples_untrained")
 
     def random_features(self, texts):
         return torch.randn(len(texts), self.model.config.projection_dim, generator=torch.Generator().manual_seed(0))
 
     with mock.patch.object(HFClipEncoder, "text_features", random_features):
-        results["trained, random features"] = score(system, exp, inputs, prompts, work / "samples_random")
+        results["trained, random features"] = score(system, exp, inputs, prompts, run / "samples_random")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"\nLAFITE shapes32, language-free, gamma {args.gamma:g}, {args.kimg:g} kimg at batch 32 on {device} "
+    print(f"\nLAFITE shapes32, language-free, {' '.join(args.set) or 'benchmark defaults'}, {args.kimg:g} kimg at batch 32 on {device} "
           f"({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}); seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"{'generator':<28} {'single-object prompt_acc':>24} {'object_acc':>11} {'prompt_acc':>11}")
@@ -147,8 +158,10 @@ def paper_speed(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kimg", type=float, default=20)
-    ap.add_argument("--gamma", type=float, default=10.0, help="R1 weight (the seed's 10 is for 256 px)")
+    ap.add_argument("--set", action="append", default=[], metavar="BLOCK.KEY=VALUE",
+                    help="override an experiment key, e.g. --set loss.gamma=1 (repeatable)")
     ap.add_argument("--workdir", default="/tmp/t2i-lafite-bench")
+    ap.add_argument("--images-per-prompt", type=int, default=5, help="samples per test prompt (seeds)")
     ap.add_argument("--paper-speed", action="store_true")
     ap.add_argument("--speed-steps", type=int, default=32)
     args = ap.parse_args()

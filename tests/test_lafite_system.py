@@ -4,8 +4,10 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from t2i.gan.lafite import contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
@@ -84,7 +86,7 @@ EXP = {
              "mirror": True, "clip_crop": 0.5},
     "train": {"kimg": 0.096, "batch": 8, "lr": 0.0025, "betas": [0.0, 0.99], "ema_kimg": None, "ema_rampup": 0.05,
               "G_reg_interval": 4, "D_reg_interval": 16, "kimg_per_tick": 0.032, "snap": 1, "seed": 0, "workers": 0,
-              "mixed_precision": "no", "compile": False},
+              "mixed_precision": "no", "compile": False, "grid_prompts": 2},
     "sample": {"seed": 0, "num_images": None, "gen_bsz": 4, "compile": False, "truncation_psi": 1.0,
                "noise_mode": "const"},
 }
@@ -140,6 +142,11 @@ def test_training_resumes_bit_identically_and_logs_every_phase(prepared, tmp_pat
     assert [(r["tick"], r["kimg"]) for r in stats] == [(1, 0.032), (2, 0.064), (3, 0.096)]
     index = json.loads((straight / "model/t2i_model.json").read_text())
     assert set(index["components"]) == {"generator", "discriminator"}
+    # The fakes grid: 2 prompt rows x 8 latents of 32 px with 1-px gaps, from G_ema, named by kimg.
+    test_prompts = [json.loads(line)["prompt"] for line in (prepared["dataset"] / "prompts/test.jsonl").open()]
+    assert (straight / "grids/prompts.txt").read_text().splitlines() == list(dict.fromkeys(test_prompts))[:2]
+    grid = np.asarray(Image.open(straight / "grids/fakes000000.png"))
+    assert grid.shape == (2 * 33 + 1, 8 * 33 + 1, 3) and grid[1:33, 1:33].std() > 0
 
 
 def test_sampling_conditions_on_the_prompts_text(prepared, tmp_path, one_thread):

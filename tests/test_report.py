@@ -176,3 +176,14 @@ def test_missing_chromium_fails_only_where_required(monkeypatch, require, outcom
     monkeypatch.setenv("T2I_REQUIRE_BROWSER", require)
     with pytest.raises(outcome, match="no chromium binary"):
         chromium("--version")
+
+
+def test_columns_shared_by_two_families_are_named_by_family():
+    from t2i.report.html import table_columns
+
+    paths = ["fidelity.fid", "fidelity_train.fid", "shapes.prompt_acc", "fidelity.kid_mean", "a.score", "b.score"]
+    labels = {c["path"]: c["label"] for c in table_columns(paths)}
+    assert labels["fidelity.fid"] == "FID"
+    assert labels["fidelity_train.fid"] == "FID vs train split"
+    assert labels["fidelity.kid_mean"] == "KID"  # not shared: plain
+    assert labels["a.score"] == "a.score" and labels["b.score"] == "b.score"  # unknown families: whole paths

@@ -40,6 +40,7 @@ class MetricFamily:
     description: str
     compute: str  # "module:function" taking a MetricContext, returning a dict or None
     inputs: Callable[[dict, str, str], dict[str, str]] = field(default=lambda config, exp, prompt_set: {})
+    column_suffix: str = ""  # the report's column label when a metric name is shared ("FID vs train split")
 
     def run(self, ctx: MetricContext) -> dict[str, Any] | None:
         module, func = self.compute.split(":")
@@ -91,7 +92,8 @@ register_metric_family(MetricFamily(
     "t2i.eval.fidelity:fidelity_metric_family", _fidelity_inputs_against(None, "reference")))
 register_metric_family(MetricFamily(
     "fidelity_train", "the same against the whole training split (LAFITE's fid50k_full protocol)",
-    "t2i.eval.fidelity:fidelity_train_metric_family", _fidelity_inputs_against(TRAIN_REFERENCE, "reference_train")))
+    "t2i.eval.fidelity:fidelity_train_metric_family", _fidelity_inputs_against(TRAIN_REFERENCE, "reference_train"),
+    column_suffix="vs train split"))
 register_metric_family(MetricFamily(
     "clip_score", "CLIP score of each image with its own prompt (needs evaluate.clip_asset)",
     "t2i.eval.clip_score:clip_score_metric_family", _clip_inputs))

@@ -85,13 +85,28 @@ def metric_rows(experiments: list[dict]) -> tuple[list[dict], list[str]]:
     return rows, ordered
 
 
+def _label(path: str, clashes: bool) -> str:
+    """A column's label: its last key's; where two families share that key, plus the family's
+    ``column_suffix`` ("FID" and "FID vs train split"), or the whole path for families without one."""
+    from t2i.eval.registry import METRIC_FAMILIES
+
+    label = LABELS.get(_key(path), _key(path).replace("_", " "))
+    if not clashes:
+        return label
+    family = METRIC_FAMILIES.get(path.split(".", 1)[0]) if "." in path else None
+    if family is None:
+        return path
+    return f"{label} {family.column_suffix}" if family.column_suffix else label
+
+
 def table_columns(paths: list[str]) -> list[dict]:
-    """The table's columns: shallow, non-bookkeeping paths, labelled by their last key unless that clashes."""
+    """The table's columns: shallow, non-bookkeeping paths, labelled by their last key (see :func:`_label`)."""
     shown = [p for p in paths if p.count(".") < TABLE_DEPTH and _key(p) not in HIDDEN_IN_TABLE]
     keys = [_key(p) for p in shown]
-    return [{"path": p, "direction": direction(p),
-             "label": LABELS.get(_key(p), _key(p).replace("_", " ")) if keys.count(_key(p)) == 1 else p}
-            for p in shown]
+    labels = [_label(p, keys.count(_key(p)) > 1) for p in shown]
+    if len(set(labels)) < len(labels):  # two families without suffixes: fall back to paths
+        labels = [p if labels.count(lab) > 1 else lab for p, lab in zip(shown, labels)]
+    return [{"path": p, "direction": direction(p), "label": lab} for p, lab in zip(shown, labels)]
 
 
 def write_metrics_csv(path: Path, rows: list[dict], keys: list[str]) -> None:

@@ -9,6 +9,7 @@ units (``kimg``, ``batch``, ticks of ``kimg_per_tick``, ``snap``).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from t2i.gan.lafite import contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
 from t2i.systems.sampling import Generated, prepare_module, row_noise, run_sampling
@@ -26,6 +28,7 @@ from t2i.utils.device import default_device
 log = logging.getLogger(__name__)
 
 ZIP = "dataset.zip"
+GRIDS = "grids"  # in the train folder: fakes{kimg:06d}.png per tick and prompts.txt
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 
 
@@ -40,8 +43,8 @@ def load_clip(clip_dir: Path, device: torch.device):
 class ClipImageTower(torch.nn.Module):
     """CLIP's image features of generated images in [-1, 1], differentiable (the itc/iic losses).
 
-    The original's ``full_preprocess``: a random square crop of side in ``[ratio * S, S)`` resized
-    (bicubic) to CLIP's input size, or, for images smaller than it, a random placement on a
+    The original's ``full_preprocess``: a random square crop of side in ``[ratio * S, S)`` (the
+    whole image when ``ratio * S`` rounds to ``S``) resized (bicubic) to CLIP's input size, or, for images smaller than it, a random placement on a
     white canvas of that size; then CLIP's normalisation.
     """
 
@@ -58,7 +61,8 @@ class ClipImageTower(torch.nn.Module):
             left, top = (int(torch.randint(0, self.size - s, ())) for _ in range(2))
             x = F.pad(images, (left, self.size - s - left, top, self.size - s - top), value=1.0)
         else:
-            cut = int(torch.randint(max(1, int(self.ratio * s)), s, ())) if s > 1 else s
+            low = max(1, int(self.ratio * s))
+            cut = int(torch.randint(low, s, ())) if low < s else s  # clip_crop 1: the whole image
             left, top = (int(torch.randint(0, s - cut + 1, ())) for _ in range(2))
             x = F.interpolate(images[:, :, top:top + cut, left:left + cut], (self.size, self.size), mode="bicubic",
                               align_corners=False)
@@ -90,6 +94,40 @@ def train_units(train: dict) -> dict:
             "num_workers": train["workers"], "log_every": per_tick, "save_every": per_tick * train["snap"]}
 
 
+class FakesGrid:
+    """The original's ``fakes{kimg:06d}.png``: G_ema (``noise_mode`` const) on fixed prompts (rows)
+    and fixed latents (columns), written per tick; ``prompts.txt`` names the rows."""
+
+    COLUMNS = 8
+
+    def __init__(self, prompts: list[str], features: torch.Tensor, seed: int):
+        self.prompts, self.features = prompts, unit(features.float())
+        self.seed = seed
+
+    def write(self, g_config: dict, g_weights: dict, out_dir: Path, kimg: int, device: torch.device) -> Path:
+        from torchvision.utils import make_grid
+
+        from t2i.models.lafite import LafiteGenerator
+        from t2i.utils.atomic import atomic_write_bytes, atomic_write_text
+
+        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation must not move training's RNG
+            G = LafiteGenerator.from_config(g_config)
+        G.load_state_dict(g_weights)
+        G.eval().to(device)
+        rows, cols = len(self.prompts), self.COLUMNS
+        z = torch.randn(cols, G.config.z_dim, generator=torch.Generator().manual_seed(self.seed)).repeat(rows, 1)
+        with torch.no_grad():
+            images = G(z.to(device), self.features.repeat_interleave(cols, dim=0).to(device), noise_mode="const").cpu()
+        grid = make_grid(images.clamp(-1, 1) * 0.5 + 0.5, nrow=cols, padding=1, pad_value=1.0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "prompts.txt", "".join(f"{p}\n" for p in self.prompts))
+        path = out_dir / f"fakes{kimg:06d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+
 class LafiteTask:
     """Gmain / Greg / Dmain / Dreg per step, as drboog/Lafite's ``StyleGAN2Loss.accumulate_gradients``."""
 
@@ -111,6 +149,7 @@ class LafiteTask:
         batch, rampup = t["batch"], t["ema_rampup"]
         self.ema = [EMASpec("G", ramp=lambda step: ema_beta(batch, step * batch, ema_kimg=ema_kimg, rampup=rampup))]
         self.buffers = {"pl_mean": torch.zeros(())}
+        self.grid: FakesGrid | None = None
         self.batch_size, self.steps_per_tick = batch, train_units(t)["log_every"]
         self._start = time.time()
         self._last_tick_time = None
@@ -119,8 +158,15 @@ class LafiteTask:
                                                      "D_reg_interval")}}
         self.meta = meta
 
-    def on_log(self, row: dict, out_dir: Path) -> None:
-        """The original's status line (one per tick) and ``stats.jsonl`` (the row's scalars, by tick)."""
+    def on_log(self, row: dict, out_dir: Path, weights) -> None:
+        """Per tick: the original's status line, ``stats.jsonl`` (the row's scalars) and a fakes grid."""
+        self._status(row, out_dir)
+        if self.grid is not None:
+            G = self.modules["G"]
+            self.grid.write(G.config, weights()["G"], out_dir / GRIDS, int(row["step"] * self.batch_size // 1000),
+                            next(G.parameters()).device)
+
+    def _status(self, row: dict, out_dir: Path) -> None:
         import psutil
 
         batch = self.batch_size
@@ -242,6 +288,18 @@ class LafiteTask:
         save_model_folder(out_dir, "lafite", {GENERATOR: G, DISCRIMINATOR: D}, self.meta)
 
 
+def grid_prompts(dataset: Path, count: int, clip_model, processor, seed: int) -> FakesGrid | None:
+    """The fakes grid of the first ``count`` distinct prompts of the dataset's ``test`` prompt set."""
+    from t2i.data.lafite_zip import HFClipEncoder
+    from t2i.utils.atomic import read_jsonl
+
+    path = dataset / "prompts" / "test.jsonl"
+    if not count or not path.is_file():
+        return None
+    prompts = list(dict.fromkeys(r["prompt"] for r in read_jsonl(path)))[:count]
+    return FakesGrid(prompts, HFClipEncoder(clip_model, processor, device="cpu").text_features(prompts), seed)
+
+
 class LafiteSystem:
     """The ``lafite`` system: prepare (dataset zip) -> train (GAN) -> sample (text -> G_ema)."""
 
@@ -276,6 +334,7 @@ class LafiteSystem:
                                exp["loss"]["clip_crop"])
         meta = {"resolution": data.image_size, "f_dim": data.feature_dim, "mixing_prob": exp["loss"]["mixing_prob"]}
         task = LafiteTask(G, D, tower, exp, meta)
+        task.grid = grid_prompts(inputs["dataset"], t["grid_prompts"], clip_model, processor, t["seed"])
         task.batch_sampler = StepKeyedBatchSampler
         run_training(task, _MirroredKeyed(data, exp["loss"]["mirror"], with_text), train_units(t), out_dir,
                      inputs=inputs)

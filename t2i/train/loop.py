@@ -251,6 +251,11 @@ def _clean_outputs(out_dir: Path, start: int, steps: int) -> None:
             path.unlink()
 
 
+def _export_weights(raw: dict[str, torch.nn.Module], emas: EMASet) -> dict[str, dict[str, torch.Tensor]]:
+    """What ``export`` gets: each module's first EMA where it has one, else its raw weights (on the CPU)."""
+    return {name: _cpu(next(iter(emas.variants(name).values()), module.state_dict())) for name, module in raw.items()}
+
+
 def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, out_dir: str | Path, *,
                  inputs: dict[str, Path] | None = None, collate_fn: Callable | None = None) -> dict:
     """Run ``task`` for ``cfg["steps"]`` optimizer steps, resuming from ``out_dir/state/``.
@@ -331,7 +336,7 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
                     progress.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
                     log.info(f"step {done}/{steps} " + " ".join(f"{k} {v:.5g}" for k, v in shown.items()))
                     if acc.is_main_process and hasattr(task, "on_log"):
-                        task.on_log(row, out_dir)
+                        task.on_log(row, out_dir, lambda: _export_weights(raw, emas))
                 if cfg["snapshot_every"] and done % cfg["snapshot_every"] == 0 and acc.is_main_process:
                     for name, module in raw.items():
                         _save_weights(module.state_dict(), out_dir / SNAPSHOTS / f"{name}-{done:08d}.safetensors")
@@ -350,13 +355,11 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
         metrics.close()
 
     if acc.is_main_process:
-        exported = {}
         for name, module in raw.items():
-            variants = emas.variants(name)
             _save_weights(module.state_dict(), out_dir / WEIGHTS / f"{name}.raw.safetensors")
-            for label, weights in variants.items():
+            for label, weights in emas.variants(name).items():
                 _save_weights(weights, out_dir / WEIGHTS / f"{name}.ema-{label}.safetensors")
-            exported[name] = _cpu(next(iter(variants.values()), module.state_dict()))
+        exported = _export_weights(raw, emas)
         with atomic_dir(out_dir / MODEL) as tmp:
             task.export(exported, tmp)
             atomic_write_jsonl(tmp / "train_log.jsonl", metrics.rows)

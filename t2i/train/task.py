@@ -30,8 +30,9 @@ schedule, EMAs, weight snapshots, logging, the resumable state, signals, the exp
 - ``buffers`` (optional): tensors the task carries from step to step (e.g. StyleGAN's path-length
   mean), by name; the loop moves them to the device, saves them with the state and restores them
   in place on resume (mutate them in place in ``step``).
-- ``on_log(row, out_dir)`` (optional): called on the main process with each log row (after it is
-  written to ``train_log.jsonl``), for a system's own logs (LAFITE's status line and ``stats.jsonl``).
+- ``on_log(row, out_dir, weights)`` (optional): called on the main process with each log row (after
+  it is written to ``train_log.jsonl``), for a system's own logs (LAFITE's status line,
+  ``stats.jsonl`` and image grids); ``weights()`` returns what ``export`` would get now.
 - ``identity``: JSON-able description of the task beyond the ``train:`` block (network
   configs); part of the resume identity together with the content hash of every input.
 - ``export(weights, out_dir)``: write the checkpoint folder (``save_pretrained`` style) from
