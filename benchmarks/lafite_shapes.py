@@ -92,7 +92,7 @@ def shapes_transfer(args) -> None:
         system.prepare(exp, {"dataset": dataset, "clip": clip}, prepared)
         write_sha256sums(prepared)
         times["prepare"] = time.time() - start
-    run = work / "runs" / (f"{args.kimg:g}kimg" + "".join(f"_{s}" for s in args.set))
+    run = work / "runs" / ("_".join(args.set) or "defaults")  # a larger --kimg continues the run's training
     train_dir = run / "train"
     start = time.time()
     system.train(exp, {"dataset": dataset, "clip": clip, "prepared": prepared}, train_dir)

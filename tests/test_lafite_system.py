@@ -124,6 +124,11 @@ def test_prepare_writes_the_dataset_zip_of_the_train_split(prepared):
     data = LafiteZipDataset(prepared["prepared"] / "dataset.zip", require_captions=True)
     train_names = (prepared["dataset"] / "splits" / "train.txt").read_text().split()
     assert data.names == train_names and data.image_size == 32 and data.feature_dim == 16
+    summary = json.loads((prepared["prepared"] / "zip_summary.json").read_text())
+    cosines = [float(unit(torch.from_numpy(data.img_features[i])) @ unit(torch.from_numpy(t)))
+               for i in range(len(data)) for t in data.caption_features(i)]
+    assert summary["images"] == len(data) and summary["captions"] == len(cosines)
+    assert summary["matched_cosine"] == pytest.approx(sum(cosines) / len(cosines), abs=1e-5)
 
 
 def test_training_resumes_bit_identically_and_logs_every_phase(prepared, tmp_path, one_thread):
@@ -160,3 +165,16 @@ def test_sampling_conditions_on_the_prompts_text(prepared, tmp_path, one_thread)
     LafiteSystem().sample(EXP, inputs, prompts * 2, out)
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [r["file"] for r in rows] == [f"{i:06d}.png" for i in range(4)] and all((out / r["file"]).is_file() for r in rows)
+
+
+@pytest.mark.parametrize("cosine", [0.32, 0.6, 0.87])
+def test_calibrated_image_noise_keeps_the_matched_cosine(cosine):
+    """In CLIP-like dimensions the pseudo feature's cosine to its image feature is the asked one."""
+    from t2i.gan.lafite import calibrated_image_noise
+
+    a = calibrated_image_noise(cosine)
+    h = unit(torch.randn(4096, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    pseudo = perturb(h, None, mixing_prob=1.0, image_noise=a, generator=torch.Generator().manual_seed(1))
+    # mean over 4096 pairs of a cosine whose spread is ~a/sqrt(512): a tolerance of 0.01 is > 10 sigma
+    assert abs((pseudo * h).sum(-1).mean().item() - cosine) < 0.01
+    assert abs(calibrated_image_noise(0.316) - 0.75) < 0.01  # the original's 0.75 for ViT-B/32's ~0.3

@@ -73,8 +73,10 @@ def test_round_trip(caption_dir, tmp_path, caplog):
                                     seed=5)
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(caption_dir / "images" / n)
                                                                        for n in ("e.png", "f.png")]
+    cosine = summary.pop("matched_cosine")  # checked against the zip's features in test_lafite_system
     assert summary == {"images": 4, "skipped": 2, "skipped_names": ["e", "f"], "captions": 4, "long_captions": 1,
                        "without_captions": 1, "image_size": SIZE, "feature_dim": 6}
+    assert -1 <= cosine <= 1
     assert [p.name for p in out.parent.iterdir()] == ["dataset.zip"]  # no temporary file left
 
     with zipfile.ZipFile(out) as zf:

@@ -166,7 +166,8 @@ def write_dataset_zip(out_path: str | os.PathLike, items: Iterable[tuple[str, st
     ``clip``: a :class:`ClipEncoder`, or a ``(CLIPModel, processor)`` pair run on ``device``.
     Unreadable images are logged and skipped. The summary counts ``images``, ``skipped``
     (with ``skipped_names``), ``captions``, ``long_captions`` (lines split as too long for the context),
-    ``without_captions``, and gives ``feature_dim`` and ``image_size``. The zip appears under
+    ``without_captions``, and gives ``feature_dim``, ``image_size`` and, with captions,
+    ``matched_cosine`` (mean cosine of each caption's feature with its image's). The zip appears under
     its final name only when complete.
     """
     if image_size < 4 or image_size & (image_size - 1):
@@ -175,7 +176,7 @@ def write_dataset_zip(out_path: str | os.PathLike, items: Iterable[tuple[str, st
         clip = HFClipEncoder(*clip, device=device)
     summary = {"images": 0, "skipped": 0, "skipped_names": [], "captions": 0, "long_captions": 0,
                "without_captions": 0, "image_size": image_size, "feature_dim": None}
-    names, img_features, txt_features = [], [], []
+    names, img_features, txt_features, cosines = [], [], [], []
     with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for chunk in _chunks(items, batch_size):
             loaded = []
@@ -202,11 +203,12 @@ def write_dataset_zip(out_path: str | os.PathLike, items: Iterable[tuple[str, st
             encoded = [clip.text_features(flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)]
             encoded = torch.cat(encoded) if encoded else None
             at = 0
-            for (name, img, lines), item in zip(loaded, pieces):
+            for (name, img, lines), item, img_feature in zip(loaded, pieces, img_features[-len(loaded):]):
                 feats = []
                 for line in item:
                     feats.append(encoded[at:at + len(line)].mean(0).numpy().astype(np.float32))
                     at += len(line)
+                    cosines.append(_cosine(img_feature, feats[-1]))
                 txt_features.append(feats)
                 summary["captions"] += len(feats)
                 summary["without_captions"] += not feats
@@ -216,12 +218,18 @@ def write_dataset_zip(out_path: str | os.PathLike, items: Iterable[tuple[str, st
             raise ValueError(f"{out_path}: no readable images among the {summary['skipped']} given")
         summary["images"] = len(names)
         summary["feature_dim"] = int(img_features[0].shape[0])
+        if cosines:  # what LAFITE's image_noise is calibrated to (t2i.gan.lafite.calibrated_image_noise)
+            summary["matched_cosine"] = float(np.mean(cosines))
         with zf.open(_entry(JSON_NAME), "w", force_zip64=True) as f:
             _write_json(f, names, img_features, txt_features)
     log.info("%s: %d images, %d captions (%d split), %d without captions, %d skipped", out_path,
              summary["images"], summary["captions"], summary["long_captions"], summary["without_captions"],
              summary["skipped"])
     return summary
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _chunks(items: Iterable, n: int) -> Iterable[list]:

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from t2i.gan.lafite import contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
+from t2i.gan.lafite import calibrated_image_noise, contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
 from t2i.systems.sampling import Generated, prepare_module, row_noise, run_sampling
 from t2i.train.state import StepKeyedBatchSampler
+from t2i.utils.atomic import atomic_write_text
 from t2i.utils.device import default_device
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,11 @@ class LafiteSystem:
         summary = write_dataset_zip(out_dir / ZIP, caption_dir_items(inputs["dataset"], names),
                                     image_size=image_size, clip=load_clip(inputs["clip"], device), device=device,
                                     batch_size=p["batch_size"], seed=p["seed"])
-        log.info("dataset zip: %s", summary)
+        if "matched_cosine" in summary:
+            summary["calibrated_image_noise"] = calibrated_image_noise(summary["matched_cosine"])
+            log.info("CLIP image-caption cosine %.3f: loss.image_noise %.2f keeps pseudo text features as close "
+                     "to their images", summary["matched_cosine"], summary["calibrated_image_noise"])
+        atomic_write_text(out_dir / "zip_summary.json", json.dumps(summary, indent=1) + "\n")
 
     def train(self, exp: dict, inputs: dict[str, Path], out_dir: Path) -> None:
         from t2i.data.lafite_zip import LafiteZipDataset
