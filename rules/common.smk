@@ -50,7 +50,7 @@ def evaluate_inputs(wc):
 def report_inputs(wildcards):
     files = []
     for exp in RUN:
-        files.append(wf.model_dir(exp))
+        files.append(wf.stage_inputs(config, exp, "sample")["model"])  # trained, or a `model` role's asset
         files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
         files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]
     return files

@@ -112,7 +112,8 @@ def source_path(ref: dict) -> str:
 
 def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
     """Named inputs of a stage's job: ``dataset`` (its completion marker), the system's roles that the
-    stage reads, and the stage's own upstream (``prepared`` for train, ``model`` for sample)."""
+    stage reads, and the stage's own upstream (``prepared`` for train, ``model`` for sample: the
+    experiment's trained model unless its system has a ``model`` role and the config fills it)."""
     e = config["experiments"][exp]
     inputs = {"dataset": dataset_done(e["dataset"])}
     for role, spec in system_spec(e["system"])["roles"].items():
@@ -120,7 +121,7 @@ def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
             inputs[role] = source_path(e["inputs"][role])
     if stage == "train":
         inputs["prepared"] = f"{RESULTS}/{exp}/prepared"
-    if stage == "sample":
+    if stage == "sample" and "model" not in inputs:  # a `model` role samples that folder instead of training
         inputs["model"] = model_dir(exp)
     return inputs
 

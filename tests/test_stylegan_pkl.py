@@ -245,3 +245,58 @@ def test_a_damaged_file_is_not_called_unsafe(tmp_path, marker):
     with pytest.raises(pickle.UnpicklingError, match="not a readable snapshot") as e:
         read_snapshot(path)
     assert not isinstance(e.value, UnsafeCheckpointError)
+
+
+def as_persistent(module: torch.nn.Module, **init_kwargs) -> Persistent:
+    """The same tensors under the same names, pickled as the original's persistent modules."""
+    out = Persistent(**init_kwargs)
+    out._parameters.update(module._parameters)
+    out._buffers.update(module._buffers)
+    out._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+    for name, child in module._modules.items():
+        out._modules[name] = as_persistent(child)
+    return out
+
+
+def lafite_snapshot(G_ema, channel_max=16):
+    """A snapshot pickle in drboog/Lafite's structure whose G_ema holds ``G_ema``'s tensors."""
+    c = G_ema.config
+    kwargs = dict(z_dim=c.z_dim, c_dim=0, w_dim=c.w_dim, img_resolution=c.resolution, img_channels=3,
+                  mapping_kwargs=EasyDict(num_layers=c.map_num),
+                  synthesis_kwargs=EasyDict(channel_base=c.channel_base, channel_max=channel_max, num_fp16_res=0,
+                                            conv_clamp=None, f_dim=c.f_dim, change=c.change))
+    return dict(training_set_kwargs=dict(path="coco.zip", resolution=c.resolution, use_clip=True),
+                args=dict(f_dim=c.f_dim, temp=0.5), G=as_persistent(G_ema, **kwargs), D=Discriminator(),
+                G_ema=as_persistent(G_ema, **kwargs), augment_pipe=None)
+
+
+def test_an_original_snapshot_becomes_a_model_folder_the_workflow_samples(tmp_path, marker):
+    """`convert: lafite-snapshot` on a file asset: the folder holds G_ema as our generator (same images),
+    the pickle is gone, and a malicious or mismatching snapshot is refused with one line naming the asset."""
+    from t2i.checkpoints.assemble import AssetError, assemble_asset
+    from t2i.models.folder import load_component
+    from t2i.models.lafite import LafiteGenerator
+
+    torch.manual_seed(0)
+    ours = LafiteGenerator(resolution=8, z_dim=8, w_dim=8, f_dim=6, map_num=2, text_hidden=512, channel_base=64,
+                           channel_max=16, change=256, num_fp16_res=0, conv_clamp=None).eval()
+    pkl = dump(lafite_snapshot(ours), tmp_path / "network-snapshot-006000.pkl")
+    out = assemble_asset("lafite-orig", {"source": "local", "path": str(pkl), "convert": "lafite-snapshot"},
+                         tmp_path / "asset")
+    assert not list(out.rglob("*.pkl")) and (out / "SHA256SUMS").is_file()
+    G = load_component(out, "generator", system="lafite")
+    z, fts = torch.randn(3, 8), torch.randn(3, 6)
+    with torch.no_grad():
+        assert torch.equal(G(z, fts, noise_mode="const"), ours(z, fts, noise_mode="const"))
+
+    bad = dump(lafite_snapshot(ours, channel_max=8), tmp_path / "mismatch.pkl")  # kwargs say 8 channels
+    with pytest.raises(AssetError, match=r"pretrained\.lafite-orig\.convert: .*shape differs"):
+        assemble_asset("lafite-orig", {"source": "local", "path": str(bad), "convert": "lafite-snapshot"},
+                       tmp_path / "bad-asset")
+    data = lafite_snapshot(ours)
+    data["args"]["payload"] = Evil(marker, "system")
+    evil = dump(data, tmp_path / "evil.pkl")
+    with pytest.raises(AssetError, match=r"convert: .*refused global posix\.system"):
+        assemble_asset("lafite-orig", {"source": "local", "path": str(evil), "convert": "lafite-snapshot"},
+                       tmp_path / "evil-asset")
+    assert not (tmp_path / "bad-asset").exists() and not (tmp_path / "evil-asset").exists()

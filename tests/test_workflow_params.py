@@ -127,3 +127,21 @@ def test_each_fidelity_family_reads_its_own_reference(raw):
     assert inputs == {"extractor": "results/pretrained/shapes-cnn",
                       "reference": "results/datasets/shapes32/fidelity/shapes-cnn/shapes-cnn/test.npz",
                       "reference_train": "results/datasets/shapes32/fidelity/shapes-cnn/shapes-cnn/split-train.npz"}
+
+
+def test_a_model_role_samples_an_asset_instead_of_training(raw):
+    """LAFITE's `model` role (e.g. the original's snapshot, converted): sampling reads the asset, and
+    nothing the experiment samples or evaluates needs its train stage."""
+    raw = copy.deepcopy(raw)
+    raw["pretrained"]["lafite-orig"] = {"source": "local", "path": "/data/network-snapshot-006000.pkl",
+                                        "convert": "lafite-snapshot"}
+    raw["experiments"]["orig"] = {**copy.deepcopy(raw["experiments"]["shapes_lafite"]),
+                                  "inputs": {"clip": {"asset": "shapes-clip"}, "model": {"asset": "lafite-orig"}}}
+    cfg = validate_config(raw)
+    sample = wf.stage_inputs(cfg, "orig", "sample")
+    assert sample["model"] == "results/pretrained/lafite-orig"
+    assert all("/orig/" not in path for path in sample.values())
+    assert wf.stage_inputs(cfg, "shapes_lafite", "sample")["model"] == "results/shapes_lafite/train/model"
+    raw["pretrained"]["lafite-orig"]["convert"] = "stylegan3"
+    with pytest.raises(Exception, match="convert"):
+        validate_config(raw)

@@ -79,6 +79,8 @@ def assemble_asset(name: str, cfg: dict, out_dir: str | os.PathLike) -> Path:
     staging = out_dir.with_name(out_dir.name + ".download")
     with atomic_dir(out_dir) as tmp:
         details = SOURCES[source](asset, tmp, staging)
+        if cfg.get("convert"):
+            details["converted"] = _convert(asset, tmp)
         if not cfg.get("trust_pickle", False):
             _refuse_unsafe_pickles(asset, tmp)
         write_sha256sums(tmp)
@@ -199,6 +201,28 @@ def _from_trained(asset: _Asset, tmp: Path, staging: Path) -> dict:
         raise asset.error(str(e), "dataset") from None
     metrics = RECIPES[recipe](asset.cfg, dataset_dir, tmp)
     return {"recipe": recipe, "dataset": asset.cfg["dataset"], "metrics": metrics}
+
+
+def _convert(asset: _Asset, folder: Path) -> dict:
+    """Replace the asset's one file by the model folder its ``convert`` converter writes."""
+    from t2i.checkpoints.converters import CONVERTERS
+
+    name = asset.cfg["convert"]
+    if name not in CONVERTERS:
+        raise asset.error(f"unknown converter {name!r} (one of {', '.join(CONVERTERS)})", "convert")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if len(files) != 1:
+        raise asset.error(f"a converter takes one file; the asset has {len(files)}", "convert")
+    converted = folder / ".converted"
+    try:
+        details = CONVERTERS[name](files[0], converted)
+    except Exception as e:  # noqa: BLE001 - any failure is the file's, reported as one line
+        raise asset.error(f"{files[0].name}: {e}", "convert") from None
+    files[0].unlink()
+    for item in converted.iterdir():
+        item.rename(folder / item.name)
+    converted.rmdir()
+    return details
 
 
 def _url_filename(url: str) -> str:

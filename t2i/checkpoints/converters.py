@@ -1,0 +1,53 @@
+"""Asset converters (``convert:`` on a file asset): turn a downloaded or local checkpoint file into
+a t2i model folder that an experiment's ``model`` role can use instead of training.
+
+``CONVERTERS[name](file, out_dir) -> details`` writes the folder's content; the asset rule then
+drops the original file, so the asset holds only the converted, safely loadable weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+
+def lafite_snapshot(path: Path, out_dir: Path) -> dict:
+    """drboog/Lafite's ``network-snapshot-*.pkl`` -> a ``lafite`` model folder holding G_ema as ``generator``.
+
+    The pickle is read by :func:`t2i.checkpoints.stylegan_pkl.read_snapshot` (never executing its
+    embedded source); the generator's config comes from the snapshot's own ``init_kwargs`` (the
+    original's text MLPs are always 512 wide), and every tensor must land on ours by name and shape.
+    """
+    from t2i.checkpoints.stylegan_pkl import read_snapshot
+    from t2i.models.folder import save_model_folder
+    from t2i.models.lafite import LafiteGenerator
+    from t2i.systems.lafite import GENERATOR
+
+    state, info = read_snapshot(path, network="G_ema")
+    kw = info["init_kwargs"] or {}
+    synthesis, mapping = kw.get("synthesis_kwargs") or {}, kw.get("mapping_kwargs") or {}
+    config = {"resolution": kw.get("img_resolution", info["resolution"]), "img_channels": kw.get("img_channels", 3),
+              "z_dim": kw.get("z_dim", 512), "w_dim": kw.get("w_dim", 512), "f_dim": info["f_dim"] or 512,
+              "map_num": mapping.get("num_layers", 8), "text_hidden": 512,
+              "channel_base": synthesis.get("channel_base", 32768), "channel_max": synthesis.get("channel_max", 512),
+              "change": synthesis.get("change", 256), "num_fp16_res": synthesis.get("num_fp16_res", 0),
+              "conv_clamp": synthesis.get("conv_clamp")}
+    if config["resolution"] is None:
+        raise ValueError(f"{path}: the snapshot records no resolution (img_resolution)")
+    G = LafiteGenerator(**config)
+    ours = G.state_dict()
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)) if names]
+        raise ValueError(f"{path}: G_ema does not match a LAFITE generator of config {config}: " + "; ".join(parts))
+    G.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()})
+    save_model_folder(out_dir, "lafite", {GENERATOR: G},
+                      {"resolution": config["resolution"], "f_dim": config["f_dim"], "imported_from": path.name})
+    return {"converter": "lafite-snapshot", "file": path.name, "generator_config": config,
+            "snapshot_args": info["args"]}
+
+
+CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
+    "lafite-snapshot": lafite_snapshot,
+}
