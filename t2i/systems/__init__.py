@@ -14,6 +14,7 @@ from t2i.systems.base import System
 SYSTEMS: dict[str, str] = {
     "jit": "t2i.systems.jit:JiTSystem",
     "lafite": "t2i.systems.lafite:LafiteSystem",
+    "pixel_sdxl": "t2i.systems.pixel_sdxl:PixelSDXLSystem",
 }
 
 

@@ -1,0 +1,263 @@
+"""Pixel-space SDXL (seed 004): SDXL's U-Net body between a patch encoder and decoder, trained on pixels.
+
+This module wires the original's full-training stage (``train.py``): x0 prediction on
+``x_t = (1 - t) x0 + t e``, logit-normal or uniform t, x0 or velocity loss, AdamW over two parameter
+groups (the SDXL body at ``lr_sdxl_unet_body``, the patch encoder/decoder at ``lr``; a group at lr 0 is
+frozen), aspect-ratio buckets with tag dropout (``t2i.data.pixel_sdxl_meta``), and the x0 Euler sampler
+with CFG (``t2i.diffusion.pixel_sdxl``).
+
+Roles ``text_encoder_1`` and ``text_encoder_2`` (train, sample): transformers CLIP folders (a
+``CLIPModel`` folder works); SDXL's conditioning is both encoders' penultimate hidden states
+concatenated (context), TE2's pooled projection (``text_embeds``) and the items' ``time_ids``. Both
+encoders are frozen and run inside the training step (captions change with every tag dropout draw).
+
+``prepare`` writes ``metadata.json`` (the original's format: tags from a Shapes dataset's
+``annotations.jsonl``, or from a caption-dir dataset's one comma-separated caption line per image) and
+``summary.json`` (the bucket rule, the buckets and their counts); ``train`` reads both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from t2i.data.pixel_sdxl_meta import BucketRule, PixelSDXLDataset, read_metadata, write_shapes_metadata
+from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
+from t2i.utils.atomic import atomic_write_json
+from t2i.utils.device import default_device
+
+SYSTEM = "pixel_sdxl"
+METADATA, SUMMARY = "metadata.json", "summary.json"
+UNET, TEXT = "unet", "text_encoders"
+QUALITY, RATING = "best quality", "general"  # the two last tags, which tag dropout keeps
+
+
+class SDXLTextEncoders(torch.nn.Module):
+    """SDXL's two frozen CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
+
+    Captions are padded to ``max_length`` and encoded without an attention mask, as SDXL does; the
+    context is both encoders' penultimate hidden states concatenated, the pooled vector TE2's
+    ``text_embeds``.
+    """
+
+    def __init__(self, te1, tokenizer1, te2, tokenizer2, max_length: int):
+        super().__init__()
+        self.te1, self.te2 = te1, te2
+        self.tokenizers = (tokenizer1, tokenizer2)
+        self.max_length = max_length
+        self.context_dim = te1.config.hidden_size + te2.config.hidden_size
+        self.pooled_dim = te2.config.projection_dim
+
+    @classmethod
+    def load(cls, dir1: Path, dir2: Path, max_length: int | None) -> "SDXLTextEncoders":
+        """``CLIPTextModel`` + tokenizer from ``dir1``, ``CLIPTextModelWithProjection`` + tokenizer from ``dir2``.
+
+        ``max_length`` None: the shorter tokenizer's ``model_max_length``; it may not exceed either
+        encoder's ``max_position_embeddings``.
+        """
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        te1 = CLIPTextModel.from_pretrained(dir1, local_files_only=True)
+        te2 = CLIPTextModelWithProjection.from_pretrained(dir2, local_files_only=True)
+        tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (dir1, dir2)]
+        if max_length is None:
+            max_length = min(t.model_max_length for t in tokenizers)
+        for role, te, tok in (("text_encoder_1", te1, tokenizers[0]), ("text_encoder_2", te2, tokenizers[1])):
+            if max_length > te.config.max_position_embeddings:
+                raise ValueError(f"text.max_length {max_length} exceeds {role}'s max_position_embeddings "
+                                 f"{te.config.max_position_embeddings}")
+            if tok.pad_token is None:
+                raise ValueError(f"inputs.{role}: its tokenizer has no pad token (SDXL pads every caption)")
+        return cls(te1.eval().requires_grad_(False), tokenizers[0], te2.eval().requires_grad_(False), tokenizers[1],
+                   max_length)
+
+    def _ids(self, which: int, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizers[which](list(captions), padding="max_length", max_length=self.max_length,
+                                     truncation=True, return_tensors="pt")["input_ids"]
+        return ids.to(next(self.parameters()).device)
+
+    @torch.no_grad()
+    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        h1 = self.te1(input_ids=self._ids(0, captions), output_hidden_states=True).hidden_states[-2]
+        out2 = self.te2(input_ids=self._ids(1, captions), output_hidden_states=True)
+        return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
+
+
+def _is_shapes(dataset: Path) -> bool:
+    """A Shapes dataset: its ``annotations.jsonl`` rows list the objects drawn."""
+    path = dataset / "annotations.jsonl"
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    return bool(first.strip()) and "objects" in json.loads(first)
+
+
+def write_caption_metadata(root: Path, out_path: Path, split: str = "train") -> int:
+    """The metadata JSON of a caption-dir dataset: each image's caption line split at commas into tags,
+    then :data:`QUALITY` and :data:`RATING`; paths relative to ``out_path``'s folder. Returns the entries."""
+    from t2i.data.captions import CaptionDirDataset, list_caption_pairs
+
+    paths = {name: path for name, path, _ in list_caption_pairs(root)}
+    data = CaptionDirDataset(root, split=split)
+    meta = {}
+    for i, name in enumerate(data.names):
+        caption = data.caption(i)
+        if len(caption.splitlines()) > 1:
+            raise ValueError(f"{root / 'captions' / (name + '.txt')}: {len(caption.splitlines())} caption lines; "
+                             "pixel_sdxl takes one comma-separated tag line per image")
+        tags = [t.strip() for t in caption.split(",") if t.strip()] + [QUALITY, RATING]
+        with Image.open(paths[name]) as im:
+            size = list(im.size)
+        key = Path(os.path.relpath(paths[name].resolve(), out_path.parent.resolve())).as_posix()
+        meta[key] = {"tags": ", ".join(tags), "image_size": size}
+    atomic_write_json(out_path, meta)
+    return len(meta)
+
+
+def optimizer_spec(model, train: dict):
+    """The original's AdamW: patch encoder/decoder at ``lr``, ``body.*`` at ``lr_sdxl_unet_body`` (as
+    ``lr_mult`` of the larger of the two; a group at 0 is frozen and left out of the optimizer)."""
+    from t2i.train.task import OptimizerSpec
+
+    lr, body_lr = train["lr"], train["lr_sdxl_unet_body"]
+    peak = max(lr, body_lr)
+    if peak == 0:
+        raise ValueError("train.lr and train.lr_sdxl_unet_body are both 0: nothing would train")
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if not n.startswith("body.")], "lr_mult": lr / peak},
+              {"params": [p for n, p in named if n.startswith("body.")], "lr_mult": body_lr / peak}]
+    return OptimizerSpec(groups=groups, lr=peak, betas=tuple(train["betas"]), eps=train["eps"],
+                         weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
+                         grad_clip=train["grad_clip"])
+
+
+class PixelSDXLTask:
+    """The full-training step: encode the batch's captions, noise the images, predict x0, one AdamW step."""
+
+    def __init__(self, model, encoders: SDXLTextEncoders, exp: dict, meta: dict):
+        from t2i.models import public_config
+        from t2i.train.task import EMASpec
+
+        t, self.loss = exp["train"], exp["loss"]
+        self.modules, self.frozen = {UNET: model}, {TEXT: encoders}
+        self.optimizers = {UNET: optimizer_spec(model, t)}
+        self.ema = [EMASpec(UNET, decays=list(t["ema_decays"]))] if t["ema_decays"] else []
+        self.accumulate = t["accumulate"]
+        self.identity = {"unet": public_config(model), "loss": self.loss, "data": exp["data"],
+                         "text_max_length": encoders.max_length}
+        self.meta = meta
+
+    def step(self, batch: dict, step: int, ctx) -> dict[str, torch.Tensor]:
+        from t2i.diffusion.pixel_sdxl import add_noise, model_timesteps, sample_timesteps, velocity_loss, x0_loss
+
+        L, x0, time_ids = self.loss, batch["image"], batch["time_ids"]
+        context, pooled = ctx.module(TEXT)(batch["caption"])
+        n = x0.shape[0]
+        t = sample_timesteps(n, uniform=L["timesteps"] == "uniform", mean=L["logit_mean"], std=L["logit_std"],
+                             device=x0.device)
+        x_t = add_noise(x0, torch.randn_like(x0), t, L["noise_scale"])
+        unet, total, size = ctx.module(UNET), torch.zeros((), device=x0.device), -(-n // self.accumulate)
+        for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
+            part = slice(start, start + size)
+            pred = unet(x_t[part], model_timesteps(t[part]), context[part], pooled[part], time_ids[part])
+            loss = velocity_loss(pred, x0[part], t[part]) if L["objective"] == "velocity" else x0_loss(pred, x0[part])
+            weight = pred.shape[0] / n
+            ctx.backward(loss * weight)
+            total += loss.detach() * weight
+        ctx.optimizer_step(UNET)
+        return {"loss": total}
+
+    def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
+        from t2i.models.folder import save_model_folder
+        from t2i.models.pixel_sdxl import PixelSDXL
+
+        model = PixelSDXL.from_config(self.modules[UNET].config)
+        model.load_state_dict(weights[UNET])
+        save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta)
+
+
+def _check_conditioning(model, encoders: SDXLTextEncoders) -> None:
+    """The U-Net's context and pooled widths must be the encoders'."""
+    unet = model.config.unet_config
+    pooled = unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
+    if (unet["cross_attention_dim"], pooled) != (encoders.context_dim, encoders.pooled_dim):
+        raise ValueError(f"the model takes context {unet['cross_attention_dim']} / pooled {pooled} wide, the text "
+                         f"encoders give {encoders.context_dim} / {encoders.pooled_dim}")
+
+
+class PixelSDXLSystem:
+    """The ``pixel_sdxl`` system: prepare (metadata JSON) -> train (full training) -> sample (x0 Euler + CFG)."""
+
+    def prepare(self, exp: dict, inputs: dict[str, Path], out_dir: Path) -> None:
+        dataset, path = Path(inputs["dataset"]), Path(out_dir) / METADATA
+        if _is_shapes(dataset):
+            source = "shapes annotations"
+            write_shapes_metadata(dataset, path, quality=QUALITY, rating=RATING)
+        else:
+            source = "caption lines"
+            write_caption_metadata(dataset, path)
+        p = exp["prepare"]
+        rule = BucketRule(multiple=p["bucket_multiple"], max_pixels=p["max_pixels"], min_pixels=p["min_pixels"])
+        meta = read_metadata(path, rule=rule)
+        atomic_write_json(Path(out_dir) / SUMMARY, {"tags_from": source, "rule": dataclasses.asdict(rule),
+                                                    **meta.summary()})
+
+    def train(self, exp: dict, inputs: dict[str, Path], out_dir: Path) -> None:
+        from t2i.models.pixel_sdxl import pixel_sdxl_from_preset
+        from t2i.train.loop import TRAIN_DEFAULTS, run_training
+
+        t, m, d = exp["train"], exp["model"], exp["data"]
+        summary = json.loads((inputs["prepared"] / SUMMARY).read_text(encoding="utf-8"))
+        metadata = read_metadata(inputs["prepared"] / METADATA, rule=BucketRule(**summary["rule"]))
+        dataset = PixelSDXLDataset(metadata, seed=t["seed"], caption_drop=d["caption_drop"], max_drop=d["tag_drop"],
+                                   min_tags=d["min_tags"])
+        encoders = SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], exp["text"]["max_length"])
+        torch.manual_seed(t["seed"])  # initial weights are part of what the seed fixes
+        model = pixel_sdxl_from_preset(m["preset"], context_dim=encoders.context_dim, pooled_dim=encoders.pooled_dim,
+                                       **m["overrides"])
+        bad = [f"{w}x{h}" for w, h in metadata.buckets if w % model.size_multiple or h % model.size_multiple]
+        if bad:
+            raise ValueError(f"buckets {', '.join(bad)} are not multiples of the model's {model.size_multiple} px "
+                             f"(patch x downsampling); set prepare.bucket_multiple to a multiple of it")
+        if t["gradient_checkpointing"]:
+            model.enable_gradient_checkpointing()
+        (w, h), _ = Counter(metadata.buckets[b] for b in metadata.bucket_of).most_common(1)[0]
+        meta = {"image_size": [h, w], "noise_scale": exp["loss"]["noise_scale"], "text_max_length": encoders.max_length}
+        task = PixelSDXLTask(model, encoders, exp, meta)
+        task.batch_sampler = dataset.batch_sampler
+        run_training(task, dataset, {k: t[k] for k in TRAIN_DEFAULTS}, out_dir, inputs=inputs)
+
+    def sample(self, exp: dict, inputs: dict[str, Path], prompts: list[dict], out_dir: Path) -> None:
+        from t2i.diffusion.pixel_sdxl import FlowX0EulerScheduler
+        from t2i.diffusion.pixel_sdxl import sample as x0_sample
+        from t2i.models.folder import load_component, read_index
+
+        s, device = exp["sample"], default_device()
+        meta = read_index(inputs["model"])["meta"]
+        model = load_component(inputs["model"], UNET, system=SYSTEM)
+        height, width = s["size"] or meta["image_size"]
+        model.check_size(torch.empty(1, 3, height, width, device="meta"))
+        encoders = SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], meta["text_max_length"])
+        _check_conditioning(model, encoders)
+        model, encoders = prepare_module(model, s, device), encoders.to(device)
+        scheduler = FlowX0EulerScheduler(s["schedule"], s["flow_shift"])
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
+        context, pooled = encoders([""])
+        uncond = {"encoder_hidden_states": context, "text_embeds": pooled, "time_ids": time_ids}
+
+        def generate_batch(rows: list[dict]) -> Generated:
+            context, pooled = encoders([r["prompt"] for r in rows])
+            cond = {"encoder_hidden_states": context, "text_embeds": pooled, "time_ids": time_ids.expand(len(rows), -1)}
+            with inference_autocast(device):
+                images = x0_sample(model, row_noise(rows, (3, height, width), device), cond, uncond,
+                                   scheduler=scheduler, num_inference_steps=s["steps"], cfg_scale=s["cfg"],
+                                   noise_scale=meta["noise_scale"])
+            return Generated(images)
+
+        run_sampling(exp, prompts, out_dir, generate_batch)

@@ -1,0 +1,197 @@
+"""The pixel_sdxl system on a small Shapes dataset: prepare (metadata + buckets), full training with two
+learning-rate groups and bit-identical resume, sampling with CFG, and its config schema."""
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from t2i.config import ConfigError, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"patch_hidden": 16, "patch_num_res_blocks": 1,
+        "unet_config": {"block_out_channels": [16, 32, 32], "layers_per_block": 1}}
+EXP = {
+    "name": "pixel_sdxl_tiny", "system": "pixel_sdxl",
+    "prepare": {"bucket_multiple": 8, "max_pixels": 32 * 32, "min_pixels": 16 * 16},
+    "data": {"caption_drop": 0.1, "tag_drop": 0.5, "min_tags": 3},
+    "text": {"max_length": 24},
+    "model": {"preset": "shapes32", "overrides": TINY},
+    "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8,
+             "noise_scale": 1.0},
+    "train": {"steps": 6, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "lr_sdxl_unet_body": 1e-4,
+              "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup_steps": 0, "grad_clip": 1.0,
+              "ema_decays": [0.9], "snapshot_every": 0, "gradient_checkpointing": False, "save_every": 3,
+              "log_every": 3, "seed": 0, "mixed_precision": "no", "compile": False, "num_workers": 0},
+    "sample": {"seed": 0, "num_images": 4, "gen_bsz": 4, "compile": False, "steps": 3, "cfg": 3.0,
+               "schedule": "flow_shift", "flow_shift": 3.0, "size": None},
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _exp(**blocks) -> dict:
+    exp = copy.deepcopy(EXP)
+    for block, values in blocks.items():
+        exp[block].update(values)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def inputs(shapes32, tmp_path_factory):
+    """A tiny Shapes CLIP (both text encoder roles) and the prepared metadata."""
+    from t2i.checkpoints.hashing import write_sha256sums
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem
+    from t2i.text.shapes_clip import train_shapes_clip
+
+    root = tmp_path_factory.mktemp("pixel_sdxl")
+    dataset, clip, prepared = root / "dataset", root / "clip", root / "prepared"
+    shutil.copytree(shapes32, dataset)
+    write_sha256sums(dataset)
+    train_shapes_clip(dataset, clip, {"steps": 2, "batch_size": 32, "width": 32, "layers": 2, "projection_dim": 16})
+    prepared.mkdir()
+    PixelSDXLSystem().prepare(EXP, {"dataset": dataset}, prepared)
+    write_sha256sums(prepared)
+    return {"dataset": dataset, "text_encoder_1": clip, "text_encoder_2": clip, "prepared": prepared}
+
+
+def _train(inputs, out_dir, **train):
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem
+
+    PixelSDXLSystem().train(_exp(train=train), inputs, out_dir)
+    return out_dir
+
+
+def test_prepare_writes_the_train_splits_metadata_and_buckets(inputs):
+    from t2i.data.pixel_sdxl_meta import BucketRule, read_metadata
+
+    summary = json.loads((inputs["prepared"] / "summary.json").read_text())
+    assert summary["tags_from"] == "shapes annotations" and summary["items"] == 120
+    assert summary["buckets"] == {"32x32": 120} and summary["rule"] == {"multiple": 8, "max_pixels": 1024,
+                                                                        "min_pixels": 256}
+    written = json.loads((inputs["prepared"] / "metadata.json").read_text())
+    assert all(not Path(k).is_absolute() for k in written)
+    meta = read_metadata(inputs["prepared"] / "metadata.json", rule=BucketRule(**summary["rule"]))
+    train_names = (inputs["dataset"] / "splits" / "train.txt").read_text().split()
+    assert sorted(it.path.stem for it in meta.items) == sorted(train_names)
+    assert all(it.tags[-2:] == ("best quality", "general") for it in meta.items)
+
+
+def test_caption_dir_metadata_splits_the_caption_line_into_tags(tmp_path):
+    from t2i.systems.pixel_sdxl import write_caption_metadata
+
+    for name, caption in {"a": "a cat, sitting, grass", "b": "a dog"}.items():
+        (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "captions").mkdir(exist_ok=True)
+        Image.new("RGB", (40, 24)).save(tmp_path / "data" / "images" / f"{name}.png")
+        (tmp_path / "data" / "captions" / f"{name}.txt").write_text(caption + "\n")
+    out = tmp_path / "prepared" / "metadata.json"
+    assert write_caption_metadata(tmp_path / "data", out) == 2
+    meta = json.loads(out.read_text())
+    assert meta["../data/images/a.png"] == {"tags": "a cat, sitting, grass, best quality, general",
+                                            "image_size": [40, 24]}
+    (tmp_path / "data" / "captions" / "b.txt").write_text("a dog\na cat\n")
+    with pytest.raises(ValueError, match=r"b\.txt: 2 caption lines"):
+        write_caption_metadata(tmp_path / "data", out)
+
+
+def test_training_resumes_bit_identically_and_exports_the_model(inputs, tmp_path):
+    straight = _train(inputs, tmp_path / "straight")
+    _train(inputs, tmp_path / "resumed", steps=3)
+    _train(inputs, tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed/model/provenance.json").read_text())["resumed_from"] == 3
+    for name in ("unet.raw", "unet.ema-0.9"):
+        a = load_file(straight / "weights" / f"{name}.safetensors")
+        b = load_file(tmp_path / "resumed" / "weights" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [json.loads(line) for line in (straight / "model/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and all(r["loss"] > 0 and r["lr"] == 1e-3 for r in rows)
+    index = json.loads((straight / "model/t2i_model.json").read_text())
+    assert index["system"] == "pixel_sdxl" and list(index["components"]) == ["unet"]
+    assert index["meta"] == {"image_size": [32, 32], "noise_scale": 1.0, "text_max_length": 24}
+
+
+def test_a_group_at_lr_0_is_frozen_and_micro_batches_add_up(inputs, tmp_path):
+    from t2i.models.pixel_sdxl import pixel_sdxl_from_preset
+
+    torch.manual_seed(0)
+    initial = pixel_sdxl_from_preset("shapes32", context_dim=64, pooled_dim=16, **TINY).state_dict()
+    whole, split = (load_file(_train(inputs, tmp_path / name, steps=2, lr_sdxl_unet_body=0.0, accumulate=accumulate)
+                              / "weights/unet.raw.safetensors") for name, accumulate in (("whole", 1), ("split", 3)))
+    assert all(torch.equal(whole[k], initial[k]) for k in initial if k.startswith("body."))
+    optimizer = torch.load(tmp_path / "whole/state/optimizer.bin", weights_only=True)
+    patch = [k for k in initial if not k.startswith("body.")]
+    assert len(optimizer["param_groups"]) == 1 and len(optimizer["state"]) == len(patch)  # the body is left out
+    assert not torch.equal(whole["patch_encoder.proj_in.weight"], initial["patch_encoder.proj_in.weight"])
+    assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)  # 3 + 3 + 2 items, one step
+
+
+def test_sampling_draws_each_row_from_its_seed(inputs, tmp_path):
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem
+
+    model = _train(inputs, tmp_path / "train", steps=1) / "model"
+    prompts = [{"id": "a", "prompt": "a small red circle"}, {"id": "b", "prompt": "a large blue square"}]
+    run = {"model": model, "text_encoder_1": inputs["text_encoder_1"], "text_encoder_2": inputs["text_encoder_2"],
+           "dataset": inputs["dataset"]}
+    for gen_bsz in (4, 3):
+        (tmp_path / f"s{gen_bsz}").mkdir()
+        PixelSDXLSystem().sample(_exp(sample={"gen_bsz": gen_bsz}), run, prompts, tmp_path / f"s{gen_bsz}")
+    rows = [json.loads(line) for line in (tmp_path / "s4/index.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["seed"]) for r in rows] == [("a", 0), ("b", 1), ("a", 2), ("b", 3)]
+    for r in rows:
+        a, b = (np.asarray(Image.open(tmp_path / d / r["file"]), dtype=int) for d in ("s4", "s3"))
+        assert a.shape == (32, 32, 3) and np.abs(a - b).max() <= 1  # batch size changes at most a rounding
+    with pytest.raises(ValueError, match="multiples of 8"):
+        PixelSDXLSystem().sample(_exp(sample={"size": [30, 32]}), run, prompts, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+# ---- config ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def raw():
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["experiments"]["shapes_pixel_sdxl"] = {
+        "system": "pixel_sdxl", "dataset": "shapes32",
+        "inputs": {"text_encoder_1": {"asset": "shapes-clip"}, "text_encoder_2": {"asset": "shapes-clip"}},
+        "prepare": {"min_pixels": 0, "bucket_multiple": 8}, "model": {"preset": "shapes32"},
+        "train": {"steps": 100, "batch_size": 64}, "sample": {"schedule": "flow_shift"}}
+    return raw
+
+
+def test_a_pixel_sdxl_experiment_validates_with_defaults(raw):
+    from t2i import workflow as wf
+
+    cfg = validate_config(raw)
+    exp = cfg["experiments"]["shapes_pixel_sdxl"]
+    assert exp["loss"]["objective"] == "x0" and exp["train"]["lr_sdxl_unet_body"] == 1e-5
+    assert exp["sample"]["steps"] == 30 and exp["data"]["caption_drop"] == 0.1
+    assert wf.stage_inputs(cfg, "shapes_pixel_sdxl", "train") == {
+        "dataset": "results/datasets/shapes32/SHA256SUMS", "text_encoder_1": "results/pretrained/shapes-clip",
+        "text_encoder_2": "results/pretrained/shapes-clip", "prepared": "results/shapes_pixel_sdxl/prepared"}
+    assert set(wf.stage_experiment(cfg, "shapes_pixel_sdxl", "train")) == {
+        "name", "system", "data", "text", "model", "loss", "train"}
+    params = json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl", "train"))["train"]
+    assert "accumulate" not in params and "gradient_checkpointing" not in params and "lr" in params
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.setdefault("loss", {}).update(objectiv="x0"), "shapes_pixel_sdxl.loss: unknown key(s) 'objectiv'"),
+    (lambda e: e["sample"].update(schedule="cosine"), "shapes_pixel_sdxl.sample.schedule: 'cosine' is not one of"),
+    (lambda e: e["sample"].update(sizes=[32, 32]), "shapes_pixel_sdxl.sample: unknown key(s) 'sizes'"),
+    (lambda e: e["train"].update(lr=-1), "shapes_pixel_sdxl.train.lr"),
+    (lambda e: e["inputs"].pop("text_encoder_2"), "shapes_pixel_sdxl.inputs: 'text_encoder_2' is a required"),
+    (lambda e: e["inputs"].update(text_encoder_1={"asset": "nope"}),
+     "shapes_pixel_sdxl.inputs.text_encoder_1.asset: no asset named 'nope'"),
+    (lambda e: e["inputs"].update(clip={"asset": "shapes-clip"}), "shapes_pixel_sdxl.inputs: unknown key(s) 'clip'"),
+])
+def test_bad_pixel_sdxl_keys_fail(raw, edit, message):
+    edit(raw["experiments"]["shapes_pixel_sdxl"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(raw)
