@@ -52,7 +52,7 @@ def untrained_model(model_dir: Path, out_dir: Path, seed: int) -> Path:
     return out_dir
 
 
-def random_text_accuracy(workdir: Path, exp_name: str) -> dict:
+def random_text_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
     """LAFITE's control: the trained G_ema conditioned on random unit features instead of the prompts' CLIP
     features (what the seed's replication measured, its captions being empty). If text conditioning
     transfers from language-free training, this scores far below the prompt-conditioned samples."""
@@ -68,23 +68,21 @@ def random_text_accuracy(workdir: Path, exp_name: str) -> dict:
         return torch.randn(len(texts), dim, generator=g)
 
     with mock.patch.object(HFClipEncoder, "text_features", random_features):
-        return sample_and_score(workdir, exp_name, trained=True, out_name="random_text_samples")
+        return sample_and_score(workdir, config, exp_name, trained=True, out_name="random_text_samples")
 
 
-def untrained_accuracy(workdir: Path, exp_name: str) -> dict:
+def untrained_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
     """Sample the test prompts with the untrained network and score them like the evaluate rule does."""
-    return sample_and_score(workdir, exp_name, trained=False, out_name="untrained_samples")
+    return sample_and_score(workdir, config, exp_name, trained=False, out_name="untrained_samples")
 
 
-def sample_and_score(workdir: Path, exp_name: str, *, trained: bool, out_name: str) -> dict:
+def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: bool, out_name: str) -> dict:
     """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
     from t2i import workflow as wf
-    from t2i.config import load_config
     from t2i.eval.shapes import score_folder
     from t2i.systems import get_system
     from t2i.utils.atomic import read_jsonl
 
-    config = load_config(workdir / "config.yaml")
     exp = wf.stage_experiment(config, exp_name, "sample")
     inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
     if not trained:
@@ -137,9 +135,9 @@ def main() -> None:
             for kind, v in shapes.get("by_type", {}).items():
                 print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
         trained = json.loads((workdir / "results" / exp_name / "metrics" / "test.json").read_text())["shapes"]
-        controls = {"trained": trained, "untrained": untrained_accuracy(workdir, exp_name)}
+        controls = {"trained": trained, "untrained": untrained_accuracy(workdir, config, exp_name)}
         if exp["system"] == "lafite":
-            controls["trained, random text features"] = random_text_accuracy(workdir, exp_name)
+            controls["trained, random text features"] = random_text_accuracy(workdir, config, exp_name)
         for label, acc in controls.items():
             single = acc.get("by_type", {}).get("single", {})
             print(f"{exp_name} {label} / test: prompt_acc {acc['prompt_acc']:.3f}  object_acc {acc['object_acc']:.3f}  "
