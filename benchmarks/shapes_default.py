@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CONTROLS = Path("results") / "benchmarks" / "controls"  # in the working directory: ignored by git, beside the run
 SHARED_STAGES = {"dataset", "pretrained", "reference_stats"}  # results/benchmarks/{stage}/*.tsv
 
 
@@ -87,9 +88,9 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
-        inputs["model"] = untrained_model(inputs["model"], workdir / f"untrained_{exp_name}", seed)
+        inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
     prompts_path = inputs["dataset"] / "prompts" / "test.jsonl"
-    out = workdir / out_name / exp_name
+    out = workdir / CONTROLS / out_name / exp_name
     out.mkdir(parents=True, exist_ok=True)
     get_system(exp["system"]).sample(exp, inputs, read_jsonl(prompts_path), out)
     return score_folder(out, prompts_path)["aggregate"]
