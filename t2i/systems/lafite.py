@@ -9,7 +9,6 @@ units (``kimg``, ``batch``, ticks of ``kimg_per_tick``, ``snap``).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from t2i.gan.lafite import calibrated_image_noise, contrastive, ema_beta, lazy_regularization, path_length, perturb, r1_penalty, unit
+from t2i.gan.lafite import (calibrated_image_noise, contrastive, ema_beta, lazy_regularization, path_length, perturb,
+                            r1_penalty, unit)
 from t2i.systems.sampling import Generated, prepare_module, row_noise, run_sampling
 from t2i.train.state import StepKeyedBatchSampler
 from t2i.utils.atomic import atomic_write_text
@@ -45,8 +44,8 @@ class ClipImageTower(torch.nn.Module):
     """CLIP's image features of generated images in [-1, 1], differentiable (the itc/iic losses).
 
     The original's ``full_preprocess``: a random square crop of side in ``[ratio * S, S)`` (the
-    whole image when ``ratio * S`` rounds to ``S``) resized (bicubic) to CLIP's input size, or, for images smaller than it, a random placement on a
-    white canvas of that size; then CLIP's normalisation.
+    whole image when ``ratio * S`` rounds to ``S``) resized (bicubic) to CLIP's input size, or, for
+    images smaller than it, a random placement on a white canvas of that size; then CLIP's normalisation.
     """
 
     def __init__(self, clip_model, image_mean, image_std, ratio: float):
@@ -104,28 +103,27 @@ class FakesGrid:
     def __init__(self, prompts: list[str], features: torch.Tensor, seed: int):
         self.prompts, self.features = prompts, unit(features.float())
         self.seed = seed
+        self._generator = None  # built on the first tick, then only given new weights
 
     def write(self, g_config: dict, g_weights: dict, out_dir: Path, kimg: int, device: torch.device) -> Path:
         from torchvision.utils import make_grid
 
+        from t2i.data.images import save_png, tensor_to_uint8
         from t2i.models.lafite import LafiteGenerator
-        from t2i.utils.atomic import atomic_write_bytes, atomic_write_text
 
-        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation must not move training's RNG
-            G = LafiteGenerator.from_config(g_config)
+        if self._generator is None:
+            with torch.random.fork_rng(devices=[]):  # its throw-away initialisation must not move training's RNG
+                self._generator = LafiteGenerator.from_config(g_config).eval().requires_grad_(False).to(device)
+        G = self._generator
         G.load_state_dict(g_weights)
-        G.eval().to(device)
         rows, cols = len(self.prompts), self.COLUMNS
         z = torch.randn(cols, G.config.z_dim, generator=torch.Generator().manual_seed(self.seed)).repeat(rows, 1)
         with torch.no_grad():
-            images = G(z.to(device), self.features.repeat_interleave(cols, dim=0).to(device), noise_mode="const").cpu()
-        grid = make_grid(images.clamp(-1, 1) * 0.5 + 0.5, nrow=cols, padding=1, pad_value=1.0)
+            images = G(z.to(device), self.features.repeat_interleave(cols, dim=0).to(device), noise_mode="const")
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "prompts.txt", "".join(f"{p}\n" for p in self.prompts))
         path = out_dir / f"fakes{kimg:06d}.png"
-        buf = io.BytesIO()
-        Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).save(buf, format="PNG")
-        atomic_write_bytes(path, buf.getvalue())
+        save_png(tensor_to_uint8(make_grid(images.clamp(-1, 1), nrow=cols, padding=1, pad_value=1.0)), path)
         return path
 
 

@@ -74,7 +74,6 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield order[first:first + self.local_batch].tolist()
 
 
-
 class StepKeyedBatchSampler(StepBatchSampler):
     """:class:`StepBatchSampler` whose items are ``(index, step)``: a dataset keys per-item randomness
     (augmentation, a caption pick) by the step, so a resumed run draws exactly what it would have."""
@@ -82,6 +81,7 @@ class StepKeyedBatchSampler(StepBatchSampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step, batch in enumerate(super().__iter__(), start=self.start):
             yield [(i, step) for i in batch]
+
 
 def input_hashes(inputs: dict[str, str | os.PathLike] | None) -> dict[str, str]:
     """``{role: sha256 of the folder's SHA256SUMS}``: the content identity of each input folder."""
