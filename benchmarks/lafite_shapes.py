@@ -17,8 +17,6 @@ random data and prints sec/kimg.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import sys
 import time
 from pathlib import Path

@@ -84,7 +84,7 @@ def test_prepare_writes_the_train_splits_metadata_and_buckets(inputs):
 
 
 def test_caption_dir_metadata_splits_the_caption_line_into_tags(tmp_path):
-    from t2i.systems.pixel_sdxl import write_caption_metadata
+    from t2i.data.pixel_sdxl_meta import write_caption_metadata
 
     for name, caption in {"a": "a cat, sitting, grass", "b": "a dog"}.items():
         (tmp_path / "data" / "images").mkdir(parents=True, exist_ok=True)

@@ -308,7 +308,22 @@ class PixelSDXLDataset(torch.utils.data.Dataset):
         return {"image": image, "caption": self.caption(index, step), "time_ids": time_ids}
 
 
-# ---------------------------------------------------------------------------- Shapes writer
+# ---------------------------------------------------------------------------- writers
+
+QUALITY, RATING = "best quality", "general"  # the two last tags of a written entry, which tag dropout keeps
+
+
+def _write_metadata(out_path: Path, entries: Iterator[tuple[Path, list[str]]]) -> int:
+    """Write ``{path relative to out_path's folder: {tags, image_size}}``; returns the entry count."""
+    meta = {}
+    for path, tags in entries:
+        with Image.open(path) as im:
+            size = list(im.size)
+        key = Path(os.path.relpath(path.resolve(), out_path.parent.resolve())).as_posix()
+        meta[key] = {"tags": ", ".join(tags), "image_size": size}
+    atomic_write_json(out_path, meta)
+    return len(meta)
+
 
 def shapes_tags(objects: list[dict], relation: dict | None, quality: str, rating: str) -> list[str]:
     """Tags of a Shapes image: :func:`t2i.data.shapes.tags_of`, then every colour, shape and size
@@ -320,7 +335,7 @@ def shapes_tags(objects: list[dict], relation: dict | None, quality: str, rating
 
 
 def write_shapes_metadata(root: str | os.PathLike, out_path: str | os.PathLike, *, split: str | None = "train",
-                          quality: str = "best quality", rating: str = "general") -> int:
+                          quality: str = QUALITY, rating: str = RATING) -> int:
     """Write the metadata JSON of a Shapes dataset (caption-dir layout + ``annotations.jsonl``).
 
     Keeps the rows of ``split`` (all with None); paths are relative to ``out_path``'s folder, so
@@ -331,21 +346,39 @@ def write_shapes_metadata(root: str | os.PathLike, out_path: str | os.PathLike, 
     if not annotations.is_file():
         raise FileNotFoundError(f"{annotations}: missing (a Shapes dataset has one row of objects per image)")
     paths = {name: path for name, path, _ in list_caption_pairs(root)}
-    meta = {}
-    for row in read_jsonl(annotations):
-        if split is not None and row["split"] != split:
-            continue
-        if row["name"] not in paths:
-            raise FileNotFoundError(f"{annotations}: {row['name']!r} has no image in {root / 'images'}")
-        path = paths[row["name"]]
-        tags = shapes_tags(row["objects"], row.get("relation"), quality, rating)
-        if any("," in t for t in tags):
-            raise ValueError(f"{annotations}: {row['name']!r}: a tag contains a comma: {tags}")
-        with Image.open(path) as im:
-            size = list(im.size)
-        key = Path(os.path.relpath(path.resolve(), out_path.parent.resolve())).as_posix()
-        meta[key] = {"tags": ", ".join(tags), "image_size": size}
-    if not meta:
+
+    def entries() -> Iterator[tuple[Path, list[str]]]:
+        for row in read_jsonl(annotations):
+            if split is not None and row["split"] != split:
+                continue
+            if row["name"] not in paths:
+                raise FileNotFoundError(f"{annotations}: {row['name']!r} has no image in {root / 'images'}")
+            tags = shapes_tags(row["objects"], row.get("relation"), quality, rating)
+            if any("," in t for t in tags):
+                raise ValueError(f"{annotations}: {row['name']!r}: a tag contains a comma: {tags}")
+            yield paths[row["name"]], tags
+
+    count = _write_metadata(out_path, entries())
+    if not count:
         raise ValueError(f"{annotations}: no rows of split {split!r}")
-    atomic_write_json(out_path, meta)
-    return len(meta)
+    return count
+
+
+def write_caption_metadata(root: str | os.PathLike, out_path: str | os.PathLike, split: str = "train") -> int:
+    """The metadata JSON of a caption-dir dataset: each image's caption line split at commas into tags,
+    then :data:`QUALITY` and :data:`RATING`; paths relative to ``out_path``'s folder. Returns the entries."""
+    from t2i.data.captions import CaptionDirDataset
+
+    root, out_path = Path(root), Path(out_path)
+    paths = {name: path for name, path, _ in list_caption_pairs(root)}
+    data = CaptionDirDataset(root, split=split)
+
+    def entries() -> Iterator[tuple[Path, list[str]]]:
+        for i, name in enumerate(data.names):
+            caption = data.caption(i)
+            if len(caption.splitlines()) > 1:
+                raise ValueError(f"{root / 'captions' / (name + '.txt')}: {len(caption.splitlines())} caption "
+                                 "lines; pixel_sdxl takes one comma-separated tag line per image")
+            yield paths[name], [t.strip() for t in caption.split(",") if t.strip()] + [QUALITY, RATING]
+
+    return _write_metadata(out_path, entries())

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from t2i.data.pixel_sdxl_meta import BucketRule, PixelSDXLDataset, read_metadata, write_shapes_metadata
+from t2i.data.pixel_sdxl_meta import (BucketRule, PixelSDXLDataset, read_metadata, write_caption_metadata,
+                                      write_shapes_metadata)
 from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
 from t2i.utils.atomic import atomic_write_json
 from t2i.utils.device import default_device
@@ -34,7 +33,6 @@ from t2i.utils.device import default_device
 SYSTEM = "pixel_sdxl"
 METADATA, SUMMARY = "metadata.json", "summary.json"
 UNET, TEXT = "unet", "text_encoders"
-QUALITY, RATING = "best quality", "general"  # the two last tags, which tag dropout keeps
 
 
 class SDXLTextEncoders(torch.nn.Module):
@@ -96,28 +94,6 @@ def _is_shapes(dataset: Path) -> bool:
     with open(path, encoding="utf-8") as f:
         first = f.readline()
     return bool(first.strip()) and "objects" in json.loads(first)
-
-
-def write_caption_metadata(root: Path, out_path: Path, split: str = "train") -> int:
-    """The metadata JSON of a caption-dir dataset: each image's caption line split at commas into tags,
-    then :data:`QUALITY` and :data:`RATING`; paths relative to ``out_path``'s folder. Returns the entries."""
-    from t2i.data.captions import CaptionDirDataset, list_caption_pairs
-
-    paths = {name: path for name, path, _ in list_caption_pairs(root)}
-    data = CaptionDirDataset(root, split=split)
-    meta = {}
-    for i, name in enumerate(data.names):
-        caption = data.caption(i)
-        if len(caption.splitlines()) > 1:
-            raise ValueError(f"{root / 'captions' / (name + '.txt')}: {len(caption.splitlines())} caption lines; "
-                             "pixel_sdxl takes one comma-separated tag line per image")
-        tags = [t.strip() for t in caption.split(",") if t.strip()] + [QUALITY, RATING]
-        with Image.open(paths[name]) as im:
-            size = list(im.size)
-        key = Path(os.path.relpath(paths[name].resolve(), out_path.parent.resolve())).as_posix()
-        meta[key] = {"tags": ", ".join(tags), "image_size": size}
-    atomic_write_json(out_path, meta)
-    return len(meta)
 
 
 def optimizer_spec(model, train: dict):
@@ -198,7 +174,7 @@ class PixelSDXLSystem:
         dataset, path = Path(inputs["dataset"]), Path(out_dir) / METADATA
         if _is_shapes(dataset):
             source = "shapes annotations"
-            write_shapes_metadata(dataset, path, quality=QUALITY, rating=RATING)
+            write_shapes_metadata(dataset, path)
         else:
             source = "caption lines"
             write_caption_metadata(dataset, path)
