@@ -20,7 +20,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import yaml
@@ -53,19 +52,9 @@ def experiment(kimg: float, settings: list[str], num_images: int | None = None) 
     return exp
 
 
-def score(system, exp, inputs, prompts_path, out: Path) -> dict:
-    from t2i.eval.shapes import score_folder
-    from t2i.utils.atomic import read_jsonl
-
-    out.mkdir(parents=True, exist_ok=True)
-    system.sample(exp, inputs, read_jsonl(prompts_path), out)
-    return score_folder(out, prompts_path)["aggregate"]
-
-
 def shapes_transfer(args) -> None:
-    from benchmarks.shapes_default import untrained_model
+    from benchmarks.shapes_default import random_text_features, score_samples, untrained_model
     from t2i.checkpoints.hashing import write_sha256sums
-    from t2i.data.lafite_zip import HFClipEncoder
     from t2i.data.shapes import generate
     from t2i.systems.lafite import LafiteSystem
     from t2i.text.shapes_clip import train_shapes_clip
@@ -96,15 +85,12 @@ def shapes_transfer(args) -> None:
     system.train(exp, {"dataset": dataset, "clip": clip, "prepared": prepared}, train_dir)
     times["train"] = time.time() - start
     inputs = {"dataset": dataset, "clip": clip, "model": train_dir / "model"}
-    results = {"trained, prompt features": score(system, exp, inputs, prompts, run / "samples_trained")}
+    results = {"trained, prompt features": score_samples(system, exp, inputs, prompts, run / "samples_trained")}
     untrained = {**inputs, "model": untrained_model(train_dir / "model", run / "untrained", exp["train"]["seed"])}
-    results["untrained"] = score(system, exp, untrained, prompts, run / "samples_untrained")
+    results["untrained"] = score_samples(system, exp, untrained, prompts, run / "samples_untrained")
 
-    def random_features(self, texts):
-        return torch.randn(len(texts), self.model.config.projection_dim, generator=torch.Generator().manual_seed(0))
-
-    with mock.patch.object(HFClipEncoder, "text_features", random_features):
-        results["trained, random features"] = score(system, exp, inputs, prompts, run / "samples_random")
+    with random_text_features():
+        results["trained, random features"] = score_samples(system, exp, inputs, prompts, run / "samples_random")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"\nLAFITE shapes32, language-free, {' '.join(args.set) or 'benchmark defaults'}, {args.kimg:g} kimg at batch 32 on {device} "
           f"({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}); seconds: "

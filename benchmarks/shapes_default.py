@@ -53,10 +53,10 @@ def untrained_model(model_dir: Path, out_dir: Path, seed: int) -> Path:
     return out_dir
 
 
-def random_text_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
-    """LAFITE's control: the trained G_ema conditioned on random unit features instead of the prompts' CLIP
-    features (what the seed's replication measured, its captions being empty). If text conditioning
-    transfers from language-free training, this scores far below the prompt-conditioned samples."""
+def random_text_features():
+    """Patch LAFITE's CLIP text features into random vectors (seeded, one per text): the control of a
+    generator conditioned on anything but the prompts (what the seed's replication measured, its
+    captions being empty)."""
     from unittest import mock
 
     import torch
@@ -65,10 +65,15 @@ def random_text_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
 
     def random_features(self, texts):
         g = torch.Generator().manual_seed(0)
-        dim = self.model.config.projection_dim
-        return torch.randn(len(texts), dim, generator=g)
+        return torch.randn(len(texts), self.model.config.projection_dim, generator=g)
 
-    with mock.patch.object(HFClipEncoder, "text_features", random_features):
+    return mock.patch.object(HFClipEncoder, "text_features", random_features)
+
+
+def random_text_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
+    """LAFITE's control: the trained G_ema on random features. If text conditioning transfers from
+    language-free training, this scores far below the prompt-conditioned samples."""
+    with random_text_features():
         return sample_and_score(workdir, config, exp_name, trained=True, out_name="random_text_samples")
 
 
@@ -80,19 +85,24 @@ def untrained_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
 def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: bool, out_name: str) -> dict:
     """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
     from t2i import workflow as wf
-    from t2i.eval.shapes import score_folder
     from t2i.systems import get_system
-    from t2i.utils.atomic import read_jsonl
 
     exp = wf.stage_experiment(config, exp_name, "sample")
     inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
         inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
-    prompts_path = inputs["dataset"] / "prompts" / "test.jsonl"
-    out = workdir / CONTROLS / out_name / exp_name
+    return score_samples(get_system(exp["system"]), exp, inputs, inputs["dataset"] / "prompts" / "test.jsonl",
+                         workdir / CONTROLS / out_name / exp_name)
+
+
+def score_samples(system, exp: dict, inputs: dict[str, Path], prompts_path: Path, out: Path) -> dict:
+    """Sample a prompt set into ``out`` with ``system`` and score it as the evaluate rule does."""
+    from t2i.eval.shapes import score_folder
+    from t2i.utils.atomic import read_jsonl
+
     out.mkdir(parents=True, exist_ok=True)
-    get_system(exp["system"]).sample(exp, inputs, read_jsonl(prompts_path), out)
+    system.sample(exp, inputs, read_jsonl(prompts_path), out)
     return score_folder(out, prompts_path)["aggregate"]
 
 
