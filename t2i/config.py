@@ -58,15 +58,26 @@ def system_spec(system: str) -> dict:
     return _schema(system_schema_path(system))["x-t2i"]
 
 
+_NO_DEFAULT = object()
+
+
 def _fill_defaults(validator_cls):
-    """Extend a jsonschema validator so that ``default`` values are filled in while validating."""
+    """Extend a jsonschema validator so that ``default`` values are filled in while validating; a
+    property that is only a ``$ref`` takes the default of the definition it refers to."""
     validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def default_of(validator, sub: dict):
+        if "default" not in sub and "$ref" in sub:
+            sub = validator._resolver.lookup(sub["$ref"]).contents  # jsonschema's own resolver (>= 4.18)
+        return sub.get("default", _NO_DEFAULT)
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
+                if isinstance(sub, dict) and key not in instance:
+                    default = default_of(validator, sub)
+                    if default is not _NO_DEFAULT:
+                        instance[key] = copy.deepcopy(default)
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})

@@ -24,6 +24,16 @@ def test_default_config_validates_and_fills_defaults(raw):
     assert "grad_clip" not in raw["experiments"]["shapes_jit"]["train"]  # input not mutated
 
 
+def test_a_block_that_is_only_a_ref_gets_its_definitions_defaults(raw):
+    """`evaluate: {$ref: ...}` in a system schema: an experiment without the block gets the shared
+    definition's defaults (it is what the evaluate rule and the run's checks read)."""
+    raw = copy.deepcopy(raw)
+    del raw["experiments"]["shapes_lafite"]["evaluate"]
+    ev = validate_config(raw)["experiments"]["shapes_lafite"]["evaluate"]
+    assert ev["families"] == ["shapes", "fidelity", "clip_score"] and ev["extractor"] == "shapes-cnn"
+    assert ev["clip_asset"] is None and ev["metrics"] == ["fid", "kid", "isc"]
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["experiments"]["shapes_jit"]["train"].update(lr="fast"),
      "experiments.shapes_jit.train.lr: 'fast' is not of type"),
