@@ -11,8 +11,8 @@ system's own code, then samples the ``test`` prompts and prints the Shapes accur
 generators side by side: trained and conditioned on the prompts' CLIP text features; the same
 network untrained; and the trained one conditioned on random unit features instead of the prompts.
 ``--paper-speed`` times training steps (the four phases, batch 32, R1 every 16, path length every 4,
-CLIP ViT-B/32-sized image tower replaced by the Shapes CLIP's) of the paper's 256-px G and D on
-random data and prints sec/kimg.
+the itc loss through a ViT-B/32-shaped CLIP image tower) of the paper's 256-px G and D on random
+data and prints sec/kimg (``--precision``: fp32, tf32 or bf16 autocast).
 """
 from __future__ import annotations
 
@@ -103,28 +103,34 @@ def shapes_transfer(args) -> None:
 
 def paper_speed(args) -> None:
     """sec/kimg of the paper's 256-px networks through the LAFITE task's step, on random data."""
-    from t2i.models.lafite import lafite_from_preset
-    from t2i.systems.lafite import LafiteTask
-    from t2i.train.loop import _build_optimizer, _Context
     from accelerate import Accelerator
+    from transformers import CLIPConfig, CLIPModel
+
+    from t2i.models.lafite import lafite_from_preset
+    from t2i.systems.lafite import ClipImageTower, LafiteTask
+    from t2i.train.loop import _build_optimizer, _Context
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     torch.manual_seed(0)
     G, D = lafite_from_preset("paper256", f_dim=512)
-    tower = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(7), torch.nn.Flatten(), torch.nn.Linear(3 * 49, 512))
+    clip = CLIPModel(CLIPConfig())  # transformers' defaults are ViT-B/32's shapes; random weights time the same
+    tower = ClipImageTower(clip, [0.481, 0.458, 0.408], [0.269, 0.261, 0.276], ratio=LOSS["clip_crop"])
     exp = {"loss": dict(LOSS), "train": {**TRAIN, "kimg": 1}}
     task = LafiteTask(G.to(device), D.to(device), tower.to(device).requires_grad_(False), exp, meta={})
     task.buffers = {k: v.to(device) for k, v in task.buffers.items()}
     built = {n: _build_optimizer(s) for n, s in task.optimizers.items()}
-    ctx = _Context(Accelerator(cpu=device.type == "cpu"), task.modules, task.frozen,
-                   {n: o for n, (o, _) in built.items()}, task.optimizers, {n: m for n, (_, m) in built.items()})
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if args.precision == "bf16" else "no")
+    ctx = _Context(acc, task.modules, task.frozen, {n: o for n, (o, _) in built.items()}, task.optimizers,
+                   {n: m for n, (_, m) in built.items()})
     batch = {"image": torch.randint(0, 256, (32, 3, 256, 256), dtype=torch.uint8, device=device),
              "img_feature": torch.randn(32, 512, device=device)}
 
     def steps(n, first):
         for s in range(first, first + n):
             ctx.begin(s)
-            task.step(batch, s, ctx)
+            with acc.autocast():  # what the loop's prepared modules do: forward under autocast
+                task.step(batch, s, ctx)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -134,9 +140,11 @@ def paper_speed(args) -> None:
     seconds = time.time() - start
     per_kimg = seconds / (args.speed_steps * 32 / 1000)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    peak = f", peak {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else ""
     print(f"LAFITE paper256 (G {sum(p.numel() for p in G.parameters()) / 1e6:.1f} M, "
-          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.1f} M), batch 32, fp32, {name}: "
-          f"{per_kimg:.2f} s/kimg ({args.speed_steps} steps, R1 every 16, path length every 4)")
+          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.1f} M, CLIP ViT-B/32 image tower on fakes), batch 32, "
+          f"{args.precision}, {name}: {per_kimg:.2f} s/kimg{peak} ({args.speed_steps} steps, R1 every 16, "
+          f"path length every 4)")
 
 
 def main() -> None:
@@ -148,6 +156,8 @@ def main() -> None:
     ap.add_argument("--images-per-prompt", type=int, default=5, help="samples per test prompt (seeds)")
     ap.add_argument("--paper-speed", action="store_true")
     ap.add_argument("--speed-steps", type=int, default=32)
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="bf16",
+                    help="--paper-speed: float32, float32 with TF32 matmuls/convolutions, or bf16 autocast")
     args = ap.parse_args()
     if args.paper_speed:
         paper_speed(args)

@@ -5,12 +5,13 @@
 Runs ``snakemake`` in a fresh working directory (so every stage really runs), reads the
 per-job benchmark files that the rules write, then scores the trained experiment against
 the same network untrained (randomly initialised, same seed, same sampler) on the ``test``
-prompts (single-object prompts: colour and shape); for LAFITE also the trained generator
-conditioned on random features instead of the prompts' CLIP features.
+prompts (single-object prompts: colour and shape), each with ``--images-per-prompt`` seeds; for
+LAFITE also the trained generator conditioned on random features instead of the prompts' CLIP features.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import shutil
@@ -70,19 +71,20 @@ def random_text_features():
     return mock.patch.object(HFClipEncoder, "text_features", random_features)
 
 
-def random_text_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
-    """LAFITE's control: the trained G_ema on random features. If text conditioning transfers from
-    language-free training, this scores far below the prompt-conditioned samples."""
-    with random_text_features():
-        return sample_and_score(workdir, config, exp_name, trained=True, out_name="random_text_samples")
+def controls(workdir: Path, config: dict, exp_name: str, per_prompt: int) -> dict[str, dict]:
+    """The trained network, the same network untrained and, for LAFITE, the trained G_ema on random
+    features instead of the prompts' (if text conditioning transfers from language-free training, that
+    scores far below the prompt-conditioned samples): each samples the test prompts ``per_prompt``
+    times (seeds) and is scored like the evaluate rule scores."""
+    runs = {"trained": dict(trained=True), "untrained": dict(trained=False)}
+    if config["experiments"][exp_name]["system"] == "lafite":
+        runs["trained, random text features"] = dict(trained=True, patch=random_text_features)
+    return {label: sample_and_score(workdir, config, exp_name, out_name=label.replace(", ", "_").replace(" ", "_"),
+                                    per_prompt=per_prompt, **kw) for label, kw in runs.items()}
 
 
-def untrained_accuracy(workdir: Path, config: dict, exp_name: str) -> dict:
-    """Sample the test prompts with the untrained network and score them like the evaluate rule does."""
-    return sample_and_score(workdir, config, exp_name, trained=False, out_name="untrained_samples")
-
-
-def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: bool, out_name: str) -> dict:
+def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: bool, out_name: str, per_prompt: int,
+                     patch=contextlib.nullcontext) -> dict:
     """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
     from t2i import workflow as wf
     from t2i.systems import get_system
@@ -92,8 +94,10 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
         inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
-    return score_samples(get_system(exp["system"]), exp, inputs, inputs["dataset"] / "prompts" / "test.jsonl",
-                         workdir / CONTROLS / out_name / exp_name)
+    prompts = inputs["dataset"] / "prompts" / "test.jsonl"
+    exp["sample"] = {**exp["sample"], "num_images": per_prompt * sum(1 for _ in prompts.open())}
+    with patch():
+        return score_samples(get_system(exp["system"]), exp, inputs, prompts, workdir / CONTROLS / out_name / exp_name)
 
 
 def score_samples(system, exp: dict, inputs: dict[str, Path], prompts_path: Path, out: Path) -> dict:
@@ -111,6 +115,8 @@ def main() -> None:
     parser.add_argument("--configfile", help="config merged over config.yaml")
     parser.add_argument("--cores", default="all")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--images-per-prompt", type=int, default=5,
+                        help="seeds per test prompt for the trained/untrained/random-feature comparison")
     parser.add_argument("--workdir", help="an existing working directory with config.yaml (e.g. the repository "
                                           "after README command 1): only the missing jobs run, the "
                                           "stage times are those of its results/benchmarks, and it is kept")
@@ -145,13 +151,10 @@ def main() -> None:
                   f"IS {fid.get('isc_mean', float('nan')):.2f}")
             for kind, v in shapes.get("by_type", {}).items():
                 print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
-        trained = json.loads((workdir / "results" / exp_name / "metrics" / "test.json").read_text())["shapes"]
-        controls = {"trained": trained, "untrained": untrained_accuracy(workdir, config, exp_name)}
-        if exp["system"] == "lafite":
-            controls["trained, random text features"] = random_text_accuracy(workdir, config, exp_name)
-        for label, acc in controls.items():
+        for label, acc in controls(workdir, config, exp_name, args.images_per_prompt).items():
             single = acc.get("by_type", {}).get("single", {})
-            print(f"{exp_name} {label} / test: prompt_acc {acc['prompt_acc']:.3f}  object_acc {acc['object_acc']:.3f}  "
+            print(f"{exp_name} {label} / test, {args.images_per_prompt} images per prompt: prompt_acc "
+                  f"{acc['prompt_acc']:.3f}  object_acc {acc['object_acc']:.3f}  "
                   f"single-object prompt_acc {single.get('prompt_acc', float('nan')):.3f}")
     if args.keep:
         print(f"\nworking directory kept: {workdir}")

@@ -58,7 +58,7 @@ def live(G: LafiteGenerator) -> LafiteGenerator:
 def naive_upfirdn2d(x, f, up, down, pad, flip, gain):
     """Zero-insert, pad (negative crops), then a loop over filter taps: y[i] = sum_k xp[i + k] * f'[k]."""
     n, c, h, w = x.shape
-    xu = torch.zeros(n, c, h * up, w * up)
+    xu = x.new_zeros(n, c, h * up, w * up)
     xu[:, :, ::up, ::up] = x
     px0, px1, py0, py1 = pad
     xp = F.pad(xu, [px0, px1, py0, py1])
@@ -67,6 +67,31 @@ def naive_upfirdn2d(x, f, up, down, pad, flip, gain):
     oh, ow = xp.shape[2] - fh + 1, xp.shape[3] - fw + 1
     y = sum(taps[i, j] * xp[:, :, i:i + oh, j:j + ow] for i in range(fh) for j in range(fw))
     return y[:, :, ::down, ::down] * gain
+
+
+@pytest.mark.parametrize("up,down,pad,flip", [(1, 1, [1, 1, 1, 1], False), (2, 1, [2, 1, 2, 1], False),
+                                              (1, 2, [1, 2, 0, 1], True), (3, 2, [3, -1, 1, 2], True),
+                                              (2, 2, [-1, 2, 2, -1], False)])
+def test_upfirdn2d_gradients_of_first_and_second_order_match_autograd_through_the_naive_form(up, down, pad, flip):
+    """The hand-written adjoint (backward = another FIR resampling) gives the same gradients, and the same
+    gradients of gradients (what R1 and path length differentiate), as autograd through the tap loop; float64,
+    where both are exact sums of the same few products."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    v = torch.randn_like(x)
+    for f in (ops.setup_filter([[1, 2, 0], [3, 5, 1]], normalize=False).double(),
+              ops.setup_filter(list(range(1, 9))).double()):
+        fn = (lambda t: naive_upfirdn2d(t, f, up, down, pad, flip, 1.5)) if f.ndim == 2 else \
+            (lambda t: naive_upfirdn2d(t, torch.outer(f, f), up, down, pad, flip, 1.5))
+        results = []
+        for op in (lambda t: ops.upfirdn2d(t, f, up=up, down=down, padding=pad, flip_filter=flip, gain=1.5), fn):
+            y = op(x)
+            w = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+            (g,) = torch.autograd.grad((y * w).sum() + y.square().sum(), x, create_graph=True)
+            (gg,) = torch.autograd.grad((g * v).sum(), x)
+            results.append((y, g, gg))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_setup_filter():

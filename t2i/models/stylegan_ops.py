@@ -1,8 +1,9 @@
 """StyleGAN2 primitives in plain PyTorch: no custom CUDA kernels, so they run on any device and OS.
 
 A re-implementation of the semantics of ``torch_utils/ops`` and the layer classes of
-NVlabs/stylegan2-ada-pytorch (which LAFITE ships unchanged), following their slow reference
-paths: FIR resampling (``upfirdn2d``), convolution with up/down-sampling (``conv2d_resample``),
+NVlabs/stylegan2-ada-pytorch (which LAFITE ships unchanged), with their gradients written out as
+the original's ops write them (so that R1 and path length, gradients of gradients, stay fast; see
+``t2i.models.conv_gradfix``): FIR resampling (``upfirdn2d``), convolution with up/down-sampling (``conv2d_resample``),
 fused bias + activation (``bias_act``), the modulated convolution, equalised-learning-rate layers
 and the minibatch-stddev layer. Buffers and parameters carry the original's names, so state dicts
 map one to one. Float32 only: the original's fp16 pre-normalisation is left out.
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2i.models import conv_gradfix
 
 # name -> (function(x, alpha), default alpha, default gain)
 ACTIVATIONS = {
@@ -56,26 +59,51 @@ def setup_filter(f, normalize: bool = True, flip_filter: bool = False, gain: flo
     return f * gain ** (f.ndim / 2)
 
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,
-              flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
-    """Per channel: upsample by inserting ``up - 1`` zeros after each pixel, pad (negative = crop),
-    convolve with the FIR ``f`` (correlate if ``flip_filter``) times ``gain``, keep every
-    ``down``-th pixel. ``f`` is 2-D, or 1-D and applied along x then y."""
-    if f is None:
-        f = torch.ones(1, 1)
+def _upfirdn2d_forward(x: torch.Tensor, f: torch.Tensor, up: int, down: int, padding: list[int],
+                       flip_filter: bool, gain: float) -> torch.Tensor:
     n, c, h, w = x.shape
     if up > 1:
         x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    x = F.pad(x, _padding4(padding))
+    x = F.pad(x, padding)
     f = f.to(x) * gain ** (f.ndim / 2)
     if not flip_filter:  # F.conv2d correlates; flipping the taps makes it a convolution
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
-        x = F.conv2d(x, f.expand(c, 1, *f.shape), groups=c)
-    else:
-        x = F.conv2d(x, f.expand(c, 1, 1, -1), groups=c)
-        x = F.conv2d(x, f[:, None].expand(c, 1, -1, 1), groups=c)
-    return x[:, :, ::down, ::down]
+        return F.conv2d(x, f.expand(c, 1, *f.shape).contiguous(), groups=c, stride=down)
+    x = F.conv2d(x, f.expand(c, 1, 1, -1).contiguous(), groups=c, stride=(1, down))
+    return F.conv2d(x, f[:, None].expand(c, 1, -1, 1).contiguous(), groups=c, stride=(down, 1))
+
+
+class _UpFirDn2d(torch.autograd.Function):
+    """:func:`upfirdn2d` with its adjoint as backward: the gradient of a FIR resampling is another one
+    (up and down swapped, the filter mirrored, the padding from the shapes), so gradients of any order
+    stay FIR resamplings. Autograd through ``F.conv2d`` instead differentiates the depthwise
+    convolution generically, and its double backward (R1, path length) computes convolutions with
+    image-sized kernels: on an H200 that took ~90 % of a 256-px LAFITE step."""
+
+    @staticmethod
+    def forward(ctx, x, f, up, down, padding, flip_filter, gain):
+        ctx.save_for_backward(f)
+        ctx.args = (x.shape[-2:], up, down, padding, flip_filter, gain)
+        return _upfirdn2d_forward(x, f, up, down, padding, flip_filter, gain)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (f,), ((ih, iw), up, down, (px0, px1, py0, py1), flip_filter, gain) = ctx.saved_tensors, ctx.args
+        fw, fh = _filter_size(f)
+        oh, ow = dy.shape[-2:]
+        p = [fw - px0 - 1, iw * up - ow * down + px0 - up + 1, fh - py0 - 1, ih * up - oh * down + py0 - up + 1]
+        dx = _UpFirDn2d.apply(dy, f, down, up, p, not flip_filter, gain) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None, None, None, None
+
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1, padding=0,
+              flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
+    """Per channel: upsample by inserting ``up - 1`` zeros after each pixel, pad (negative = crop),
+    convolve with the FIR ``f`` (correlate if ``flip_filter``) times ``gain``, keep every
+    ``down``-th pixel. ``f`` is 2-D, or 1-D and applied along x then y; it is a constant (no gradient)."""
+    f = torch.ones(1, 1) if f is None else f
+    return _UpFirDn2d.apply(x, f.detach(), up, down, _padding4(padding), flip_filter, gain)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: int = 2, padding=0, flip_filter: bool = False,
@@ -115,7 +143,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
     def conv(x, w, stride=1, pad=(0, 0), transpose=False, flip=flip_weight):
         if not flip:
             w = w.flip([2, 3])
-        op = F.conv_transpose2d if transpose else F.conv2d
+        op = conv_gradfix.conv_transpose2d if transpose else conv_gradfix.conv2d
         return op(x, w, stride=stride, padding=pad, groups=groups)
 
     if kw == kh == 1 and down > 1 and up == 1:
