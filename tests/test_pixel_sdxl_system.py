@@ -132,6 +132,36 @@ def test_a_group_at_lr_0_is_frozen_and_micro_batches_add_up(inputs, tmp_path):
     assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)  # 3 + 3 + 2 items, one step
 
 
+def test_posthoc_ema_averages_another_experiments_snapshots(inputs, tmp_path):
+    """An experiment with a `snapshots` role trains nothing: its model is the average of the source's raw
+    snapshots (geometric: mu^(N-i), normalised; power: EDM2's profile), with the source's meta; a source
+    that kept no snapshots gets one error saying what to set."""
+    from t2i.diffusion.posthoc_ema import posthoc_ema_weights
+    from t2i.models.folder import load_component, read_index
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem
+
+    source = _train(inputs, tmp_path / "source", snapshot_every=2)
+    files = sorted((source / "snapshots").glob("unet-*.safetensors"))
+    assert [int(f.stem.split("-")[1]) for f in files] == [2, 4, 6]
+    snapshots = [load_file(f) for f in files]
+    for settings, weights in (({"mode": "geometric", "mu": 0.5, "sigma_rel": 0.05}, [1 / 7, 2 / 7, 4 / 7]),
+                              ({"mode": "power", "mu": 0.9, "sigma_rel": 0.2},
+                               posthoc_ema_weights([2, 4, 6], "power", 0.2))):
+        out = tmp_path / settings["mode"]
+        PixelSDXLSystem().train({**_exp(), "posthoc_ema": settings}, {**inputs, "snapshots": source / "model"}, out)
+        got = load_component(out / "model", "unet", system="pixel_sdxl").state_dict()
+        for key in ("patch_encoder.proj_in.weight", "body.mid_block.resnets.0.conv1.weight"):
+            expected = sum(w * s[key].double() for w, s in zip(weights, snapshots))
+            torch.testing.assert_close(got[key].double(), expected, rtol=1e-6, atol=1e-7)
+        meta = read_index(out / "model")["meta"]
+        assert meta["image_size"] == [32, 32] and meta["posthoc_ema"]["snapshot_steps"] == [2, 4, 6]
+        assert (out / "model" / "SHA256SUMS").is_file()
+    shutil.copytree(source / "model", tmp_path / "bare" / "model")
+    with pytest.raises(ValueError, match=r"holds no unet-<step>\.safetensors .*train\.snapshot_every > 0"):
+        PixelSDXLSystem().train({**_exp(), "posthoc_ema": {"mode": "geometric", "mu": 0.9, "sigma_rel": 0.05}},
+                                {**inputs, "snapshots": tmp_path / "bare" / "model"}, tmp_path / "none")
+
+
 def test_sampling_draws_each_row_from_its_seed(inputs, tmp_path):
     from t2i.systems.pixel_sdxl import PixelSDXLSystem
 
@@ -176,9 +206,26 @@ def test_a_pixel_sdxl_experiment_validates_with_defaults(raw):
         "dataset": "results/datasets/shapes32/SHA256SUMS", "text_encoder_1": "results/pretrained/shapes-clip",
         "text_encoder_2": "results/pretrained/shapes-clip", "prepared": "results/shapes_pixel_sdxl/prepared"}
     assert set(wf.stage_experiment(cfg, "shapes_pixel_sdxl", "train")) == {
-        "name", "system", "data", "text", "model", "loss", "train"}
+        "name", "system", "data", "text", "model", "loss", "train", "posthoc_ema"}
     params = json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl", "train"))["train"]
     assert "accumulate" not in params and "gradient_checkpointing" not in params and "lr" in params
+
+
+def test_a_posthoc_ema_experiment_reads_the_trained_experiments_model_folder(raw):
+    """The average is its own experiment: its train job reads the source's model folder (so the snapshots
+    beside it are complete), and its settings are not in the source's train parameters."""
+    from t2i import workflow as wf
+
+    source = raw["experiments"]["shapes_pixel_sdxl"]
+    source["train"]["snapshot_every"] = 10
+    raw["experiments"]["shapes_pixel_sdxl_ema"] = {**copy.deepcopy(source), "posthoc_ema": {"mode": "power"}}
+    raw["experiments"]["shapes_pixel_sdxl_ema"]["inputs"]["snapshots"] = {"experiment": "shapes_pixel_sdxl"}
+    cfg = validate_config(raw)
+    assert wf.stage_inputs(cfg, "shapes_pixel_sdxl_ema", "train")["snapshots"] == "results/shapes_pixel_sdxl/train/model"
+    assert cfg["experiments"]["shapes_pixel_sdxl_ema"]["posthoc_ema"] == {"mode": "power", "mu": 0.9, "sigma_rel": 0.05}
+    ema = json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl_ema", "train"))
+    assert ema["posthoc_ema"]["mode"] == "power"
+    assert json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl", "train"))["posthoc_ema"]["mode"] == "geometric"
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -48,6 +48,48 @@ def lafite_snapshot(path: Path, out_dir: Path) -> dict:
             "snapshot_args": info["args"]}
 
 
+# What a kohya-ss/pixel-space-sdxl checkpoint implies but does not record: inference.py's 1024 px, its unit noise,
+# and CLIP's 77 tokens.
+PIXEL_SDXL_ORIGINAL_META = {"image_size": [1024, 1024], "noise_scale": 1.0, "text_max_length": 77}
+
+
+def pixel_sdxl_checkpoint(path: Path, out_dir: Path) -> dict:
+    """kohya-ss/pixel-space-sdxl's ``.pth``/``.pt`` (``{"model", "optimizer_state"}``, read with
+    ``weights_only=True``) or flat ``.safetensors`` -> a ``pixel_sdxl`` model folder holding the U-Net.
+
+    The architecture is the file's own where t2i wrote it, else inferred from its tensors
+    (:func:`t2i.checkpoints.pixel_sdxl_original.infer_config`); every U-Net tensor must land on ours by
+    name and shape. The text encoders' tensors are counted, not kept: the text-encoder roles are folders.
+    """
+    import torch
+
+    from t2i.checkpoints.pixel_sdxl_original import infer_config, load_original, read_original
+    from t2i.models.folder import save_model_folder
+    from t2i.models.pixel_sdxl import PixelSDXL
+    from t2i.systems.pixel_sdxl import SYSTEM, UNET
+
+    checkpoint = read_original(path)
+    ours = checkpoint.t2i or {}
+    config = ours.get("config") or infer_config(checkpoint.state_dict)
+    try:
+        with torch.device("meta"):  # the weights come from the file: no 10 GB of throw-away initialisation
+            model = PixelSDXL(**config)
+        text = load_original(model, checkpoint.state_dict, assign=True)
+    except ValueError as e:
+        if "config" in ours:
+            raise
+        raise ValueError(f"the architecture inferred from the tensors (base_resolution {config['base_resolution']}, "
+                         f"patch {config['patch_size']}, width {config['patch_hidden']}, "
+                         f"{config['patch_num_res_blocks']} residual blocks) is not an SDXL pixel U-Net: {e}") from None
+    save_model_folder(out_dir, SYSTEM, {UNET: model},
+                      {**PIXEL_SDXL_ORIGINAL_META, **ours.get("meta", {}), "imported_from": path.name})
+    return {"converter": "pixel-sdxl-checkpoint", "file": path.name,
+            "config_from": "t2i metadata" if "config" in ours else "inferred from the tensors",
+            "base_resolution": config["base_resolution"], "patch_size": config["patch_size"],
+            "text_encoder_tensors_not_kept": len(text)}
+
+
 CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
     "lafite-snapshot": lafite_snapshot,
+    "pixel-sdxl-checkpoint": pixel_sdxl_checkpoint,
 }

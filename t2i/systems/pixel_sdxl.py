@@ -167,6 +167,38 @@ def _check_conditioning(model, encoders: SDXLTextEncoders) -> None:
                          f"encoders give {encoders.context_dim} / {encoders.pooled_dim}")
 
 
+def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[str, Path]) -> None:
+    """Post-hoc EMA (the original's ``post_hoc_ema.py``, as a stage): the raw U-Net snapshots that another
+    experiment's training kept (``train/snapshots/unet-<step>.safetensors`` beside its model folder
+    ``source``), averaged by ``settings`` (``mode`` geometric with ``mu``, or power with ``sigma_rel``;
+    :mod:`t2i.diffusion.posthoc_ema`), written as ``out_dir/model`` with that model's config and meta."""
+    from safetensors.torch import load_file
+
+    from t2i.checkpoints.hashing import write_sha256sums
+    from t2i.diffusion.posthoc_ema import posthoc_ema_weights, weighted_average
+    from t2i.models.folder import load_component, read_index, save_model_folder
+    from t2i.train.loop import MODEL, SNAPSHOTS
+    from t2i.utils.atomic import atomic_dir
+    from t2i.utils.provenance import write_provenance
+
+    files = sorted((source.parent / SNAPSHOTS).glob(f"{UNET}-*.safetensors"))
+    if not files:
+        raise ValueError(f"inputs.snapshots: {source.parent / SNAPSHOTS} holds no {UNET}-<step>.safetensors "
+                         f"(that experiment needs train.snapshot_every > 0)")
+    steps = [int(f.stem.rsplit("-", 1)[1]) for f in files]
+    mode = settings["mode"]
+    value = settings["mu"] if mode == "geometric" else settings["sigma_rel"]
+    weights = posthoc_ema_weights(steps, mode, value)
+    model = load_component(source, UNET, system=SYSTEM)
+    model.load_state_dict(weighted_average((load_file(f) for f in files), weights))
+    record = {"mode": mode, "value": value, "snapshot_steps": steps, "weights": weights}
+    with atomic_dir(out_dir / MODEL) as tmp:
+        save_model_folder(tmp, SYSTEM, {UNET: model}, {**read_index(source)["meta"], "posthoc_ema": record})
+        write_provenance(tmp, {"posthoc_ema": settings, "inputs": {k: str(v) for k, v in inputs.items()}},
+                         extra={"averaged": record})
+        write_sha256sums(tmp)
+
+
 class PixelSDXLSystem:
     """The ``pixel_sdxl`` system: prepare (metadata JSON) -> train (full training) -> sample (x0 Euler + CFG)."""
 
@@ -187,6 +219,10 @@ class PixelSDXLSystem:
     def train(self, exp: dict, inputs: dict[str, Path], out_dir: Path) -> None:
         from t2i.models.pixel_sdxl import pixel_sdxl_from_preset
         from t2i.train.loop import TRAIN_DEFAULTS, run_training
+
+        if "snapshots" in inputs:
+            average_snapshots(exp["posthoc_ema"], Path(inputs["snapshots"]), Path(out_dir), inputs)
+            return
 
         t, m, d = exp["train"], exp["model"], exp["data"]
         summary = json.loads((inputs["prepared"] / SUMMARY).read_text(encoding="utf-8"))
