@@ -132,6 +132,21 @@ def test_a_group_at_lr_0_is_frozen_and_micro_batches_add_up(inputs, tmp_path):
     assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)  # 3 + 3 + 2 items, one step
 
 
+def test_a_stage_starts_from_the_init_roles_weights(inputs, tmp_path):
+    """`init` = an earlier experiment's model folder: one AdamW step at lr 1e-4 from it stays within ~lr of
+    those weights (a fresh initialisation would differ by orders of magnitude more), and the provenance
+    names the input."""
+    first = _train(inputs, tmp_path / "first", steps=3)
+    second = tmp_path / "second"
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem
+
+    PixelSDXLSystem().train(_exp(train={"steps": 1, "lr": 1e-4, "lr_sdxl_unet_body": 1e-4, "ema_decays": []}),
+                            {**inputs, "init": first / "model"}, second)
+    start, end = load_file(first / "weights/unet.ema-0.9.safetensors"), load_file(second / "weights/unet.raw.safetensors")
+    assert max((start[k] - end[k]).abs().max().item() for k in start) < 5e-4
+    assert "init" in json.loads((second / "model/provenance.json").read_text())["config"]["inputs"]
+
+
 def test_posthoc_ema_averages_another_experiments_snapshots(inputs, tmp_path):
     """An experiment with a `snapshots` role trains nothing: its model is the average of the source's raw
     snapshots (geometric: mu^(N-i), normalised; power: EDM2's profile), with the source's meta; a source

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from t2i.data.pixel_sdxl_meta import (BucketRule, PixelSDXLDataset, read_metadat
 from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
 from t2i.utils.atomic import atomic_write_json
 from t2i.utils.device import default_device
+
+log = logging.getLogger(__name__)
 
 SYSTEM = "pixel_sdxl"
 METADATA, SUMMARY = "metadata.json", "summary.json"
@@ -167,6 +170,36 @@ def _check_conditioning(model, encoders: SDXLTextEncoders) -> None:
                          f"encoders give {encoders.context_dim} / {encoders.pooled_dim}")
 
 
+def load_initial_weights(model, source: Path) -> str:
+    """Fill ``model`` from the ``init`` role's folder, strictly; returns what it was.
+
+    - a t2i ``pixel_sdxl`` model folder (an earlier stage's experiment, or a converted original checkpoint):
+      the whole model, which must have the same architecture;
+    - a diffusers SDXL folder (``unet/`` inside, e.g. the stabilityai/stable-diffusion-xl-base-1.0 snapshot) or
+      a ``UNet2DConditionModel`` folder: the U-Net's body (the patch encoder/decoder keep their initialisation);
+    - a folder holding one SDXL single-file ``.safetensors`` (``model.diffusion_model.*``): the same, converted.
+    """
+    from safetensors.torch import load_file
+
+    from t2i.models.folder import INDEX, load_component
+
+    if (source / INDEX).is_file():
+        model.load_state_dict(load_component(source, UNET, system=SYSTEM).state_dict(), strict=True)
+        return "pixel_sdxl model folder"
+    for folder in (source / "unet", source):
+        if (folder / "config.json").is_file():
+            from diffusers import UNet2DConditionModel
+
+            model.load_sdxl_unet(UNet2DConditionModel.from_pretrained(folder, local_files_only=True).state_dict())
+            return "diffusers U-Net (body)"
+    files = sorted(source.glob("*.safetensors"))
+    if len(files) == 1:
+        model.load_sdxl_unet(load_file(files[0]))
+        return "SDXL single-file checkpoint (body)"
+    raise ValueError(f"inputs.init: {source} is neither a pixel_sdxl model folder, a diffusers U-Net folder "
+                     f"(config.json, or unet/config.json) nor one SDXL single-file .safetensors")
+
+
 def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[str, Path]) -> None:
     """Post-hoc EMA (the original's ``post_hoc_ema.py``, as a stage): the raw U-Net snapshots that another
     experiment's training kept (``train/snapshots/unet-<step>.safetensors`` beside its model folder
@@ -237,6 +270,8 @@ class PixelSDXLSystem:
         if bad:
             raise ValueError(f"buckets {', '.join(bad)} are not multiples of the model's {model.size_multiple} px "
                              f"(patch x downsampling); set prepare.bucket_multiple to a multiple of it")
+        if "init" in inputs:
+            log.info(f"initial weights from {inputs['init']}: {load_initial_weights(model, Path(inputs['init']))}")
         if t["gradient_checkpointing"]:
             model.enable_gradient_checkpointing()
         (w, h), _ = Counter(metadata.buckets[b] for b in metadata.bucket_of).most_common(1)[0]
