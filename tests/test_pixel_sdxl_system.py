@@ -132,6 +132,23 @@ def test_a_group_at_lr_0_is_frozen_and_micro_batches_add_up(inputs, tmp_path):
     assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)  # 3 + 3 + 2 items, one step
 
 
+def test_text_encoders_come_from_clip_folders_or_a_pipeline_folder(inputs, tmp_path):
+    """A diffusers SDXL folder (model_index.json, text_encoder[_2]/, tokenizer[_2]/) fills both roles with
+    the encoder each role names; the encodings equal those of the same CLIP folders given directly."""
+    from t2i.systems.pixel_sdxl import SDXLTextEncoders
+
+    clip, pipe = inputs["text_encoder_1"], tmp_path / "sdxl"
+    for part in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        shutil.copytree(clip, pipe / part)
+    (pipe / "model_index.json").write_text("{}")
+    captions = ["a red circle", "two blue squares"]
+    direct, piped = (SDXLTextEncoders.load(d, d, 24)(captions) for d in (clip, pipe))
+    assert all(torch.equal(a, b) for a, b in zip(direct, piped))
+    shutil.rmtree(pipe / "tokenizer_2")
+    with pytest.raises(OSError, match="tokenizer_2"):
+        SDXLTextEncoders.load(pipe, pipe, 24)
+
+
 def test_a_stage_starts_from_the_init_roles_weights(inputs, tmp_path):
     """`init` = an earlier experiment's model folder: one AdamW step at lr 1e-4 from it stays within ~lr of
     those weights (a fresh initialisation would differ by orders of magnitude more), and the provenance

@@ -38,6 +38,14 @@ METADATA, SUMMARY = "metadata.json", "summary.json"
 UNET, TEXT = "unet", "text_encoders"
 
 
+def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
+    """(model folder, tokenizer folder) of one of SDXL's text encoders: a diffusers pipeline folder's
+    ``text_encoder{suffix}/`` and ``tokenizer{suffix}/``, or else the folder itself (a transformers CLIP folder)."""
+    if (folder / "model_index.json").is_file():
+        return folder / f"text_encoder{suffix}", folder / f"tokenizer{suffix}"
+    return folder, folder
+
+
 class SDXLTextEncoders(torch.nn.Module):
     """SDXL's two frozen CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
 
@@ -56,16 +64,19 @@ class SDXLTextEncoders(torch.nn.Module):
 
     @classmethod
     def load(cls, dir1: Path, dir2: Path, max_length: int | None) -> "SDXLTextEncoders":
-        """``CLIPTextModel`` + tokenizer from ``dir1``, ``CLIPTextModelWithProjection`` + tokenizer from ``dir2``.
+        """``CLIPTextModel`` + tokenizer from ``dir1``, ``CLIPTextModelWithProjection`` + tokenizer from ``dir2``:
+        transformers CLIP folders, or a diffusers SDXL pipeline folder (its ``text_encoder``/``tokenizer``
+        and ``text_encoder_2``/``tokenizer_2``).
 
         ``max_length`` None: the shorter tokenizer's ``model_max_length``; it may not exceed either
         encoder's ``max_position_embeddings``.
         """
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-        te1 = CLIPTextModel.from_pretrained(dir1, local_files_only=True)
-        te2 = CLIPTextModelWithProjection.from_pretrained(dir2, local_files_only=True)
-        tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (dir1, dir2)]
+        (model1, tok1), (model2, tok2) = _encoder_folders(Path(dir1), ""), _encoder_folders(Path(dir2), "_2")
+        te1 = CLIPTextModel.from_pretrained(model1, local_files_only=True)
+        te2 = CLIPTextModelWithProjection.from_pretrained(model2, local_files_only=True)
+        tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (tok1, tok2)]
         if max_length is None:
             max_length = min(t.model_max_length for t in tokenizers)
         for role, te, tok in (("text_encoder_1", te1, tokenizers[0]), ("text_encoder_2", te2, tokenizers[1])):
