@@ -26,6 +26,7 @@ EXP = {
     "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8,
              "noise_scale": 1.0},
     "train": {"steps": 6, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "lr_sdxl_unet_body": 1e-4,
+              "lr_text_encoder1": 0.0, "lr_text_encoder2": 0.0,
               "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup_steps": 0, "grad_clip": 1.0,
               "ema_decays": [0.9], "snapshot_every": 0, "gradient_checkpointing": False, "save_every": 3,
               "log_every": 3, "seed": 0, "mixed_precision": "no", "compile": False, "num_workers": 0},
@@ -147,6 +148,34 @@ def test_text_encoders_come_from_clip_folders_or_a_pipeline_folder(inputs, tmp_p
     shutil.rmtree(pipe / "tokenizer_2")
     with pytest.raises(OSError, match="tokenizer_2"):
         SDXLTextEncoders.load(pipe, pipe, 24)
+
+
+def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, tmp_path):
+    """lr_text_encoder1 > 0: TE1 joins the U-Net's AdamW as a third group (TE2 at 0 stays frozen and out of the
+    optimizer), micro-batches each encode their own captions, and the model folder carries both encoders
+    with their tokenizers, which sampling and post-hoc EMA then use instead of the roles' folders."""
+    from transformers import CLIPTextModel
+
+    from t2i.models.folder import read_index
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem, encoder_folders
+
+    out = _train(inputs, tmp_path / "te", steps=2, accumulate=2, lr_text_encoder1=1e-3, snapshot_every=1)
+    model = out / "model"
+    assert {"unet", "text_encoder_1", "text_encoder_2"} <= set(read_index(model)["components"])
+    base = CLIPTextModel.from_pretrained(inputs["text_encoder_1"]).state_dict()
+    te1, te2 = (CLIPTextModel.from_pretrained(model / n).state_dict() for n in ("text_encoder_1", "text_encoder_2"))
+    assert any(not torch.equal(te1[k], base[k]) for k in base)
+    assert all(torch.equal(te2[k], base[k]) for k in base)
+    optimizer = torch.load(out / "state/optimizer.bin", weights_only=True)
+    assert len(optimizer["param_groups"]) == 3
+    assert encoder_folders({**inputs, "model": model}) == [model / "text_encoder_1", model / "text_encoder_2"]
+    PixelSDXLSystem().train({**_exp(), "posthoc_ema": {"mode": "geometric", "mu": 0.9, "sigma_rel": 0.05}},
+                            {**inputs, "snapshots": model}, tmp_path / "ema")
+    assert encoder_folders({**inputs, "model": tmp_path / "ema/model"})[0] == tmp_path / "ema/model/text_encoder_1"
+    (tmp_path / "samples").mkdir()
+    PixelSDXLSystem().sample(_exp(sample={"num_images": 1, "gen_bsz": 1}), {**inputs, "model": tmp_path / "ema/model"},
+                             [{"id": "a", "prompt": "a red circle"}], tmp_path / "samples")
+    assert len(list((tmp_path / "samples").rglob("*.png"))) == 1
 
 
 def test_a_stage_starts_from_the_init_roles_weights(inputs, tmp_path):

@@ -35,6 +35,14 @@ def save_model_folder(out_dir: str | Path, system: str, components: dict[str, An
     })
 
 
+def add_components(out_dir: str | Path, components: dict[str, str]) -> None:
+    """Record component folders written beside the others by their own ``save_pretrained`` (name ->
+    ``module:Class``, e.g. a transformers model saved with its tokenizer) in ``t2i_model.json``."""
+    index = read_index(out_dir)
+    index["components"].update(components)
+    atomic_write_json(Path(out_dir) / INDEX, index)
+
+
 def read_index(model_dir: str | Path) -> dict:
     """The ``t2i_model.json`` of a model folder."""
     path = Path(model_dir) / INDEX

@@ -8,8 +8,9 @@ with CFG (``t2i.diffusion.pixel_sdxl``).
 
 Roles ``text_encoder_1`` and ``text_encoder_2`` (train, sample): transformers CLIP folders (a
 ``CLIPModel`` folder works); SDXL's conditioning is both encoders' penultimate hidden states
-concatenated (context), TE2's pooled projection (``text_embeds``) and the items' ``time_ids``. Both
-encoders are frozen and run inside the training step (captions change with every tag dropout draw).
+concatenated (context), TE2's pooled projection (``text_embeds``) and the items' ``time_ids``. The
+encoders run inside the training step (captions change with every tag dropout draw), frozen unless
+``lr_text_encoder1/2`` > 0; trained ones are saved in the model folder and sampled with.
 
 ``prepare`` writes ``metadata.json`` (the original's format: tags from a Shapes dataset's
 ``annotations.jsonl``, or from a caption-dir dataset's one comma-separated caption line per image) and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "pixel_sdxl"
 METADATA, SUMMARY = "metadata.json", "summary.json"
 UNET, TEXT = "unet", "text_encoders"
+ENCODER_ROLES = ("text_encoder_1", "text_encoder_2")  # also the model folder's components when they train
 
 
 def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
@@ -47,7 +50,7 @@ def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
 
 
 class SDXLTextEncoders(torch.nn.Module):
-    """SDXL's two frozen CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
+    """SDXL's two CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
 
     Captions are padded to ``max_length`` and encoded without an attention mask, as SDXL does; the
     context is both encoders' penultimate hidden states concatenated, the pooled vector TE2's
@@ -93,11 +96,26 @@ class SDXLTextEncoders(torch.nn.Module):
                                      truncation=True, return_tensors="pt")["input_ids"]
         return ids.to(next(self.parameters()).device)
 
-    @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        h1 = self.te1(input_ids=self._ids(0, captions), output_hidden_states=True).hidden_states[-2]
-        out2 = self.te2(input_ids=self._ids(1, captions), output_hidden_states=True)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            h1 = self.te1(input_ids=self._ids(0, captions), output_hidden_states=True).hidden_states[-2]
+            out2 = self.te2(input_ids=self._ids(1, captions), output_hidden_states=True)
         return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
+
+    def save_pretrained(self, out_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> dict:
+        """Both encoders with their tokenizers as CLIP folders ``out_dir/text_encoder_{1,2}`` (``weights``: a
+        state dict of this module to save instead of its own); returns the component classes for the index."""
+        components = {}
+        for i, (role, te) in enumerate(((ENCODER_ROLES[0], self.te1), (ENCODER_ROLES[1], self.te2))):
+            copy = type(te)(te.config)
+            prefix = f"te{i + 1}."
+            state = te.state_dict() if weights is None else \
+                {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            copy.load_state_dict(state)
+            copy.save_pretrained(Path(out_dir) / role)
+            self.tokenizers[i].save_pretrained(Path(out_dir) / role)
+            components[role] = f"{type(te).__module__}:{type(te).__qualname__}"
+        return components
 
 
 def _is_shapes(dataset: Path) -> bool:
@@ -110,18 +128,27 @@ def _is_shapes(dataset: Path) -> bool:
     return bool(first.strip()) and "objects" in json.loads(first)
 
 
-def optimizer_spec(model, train: dict):
-    """The original's AdamW: patch encoder/decoder at ``lr``, ``body.*`` at ``lr_sdxl_unet_body`` (as
-    ``lr_mult`` of the larger of the two; a group at 0 is frozen and left out of the optimizer)."""
+def text_encoders_train(train: dict) -> bool:
+    return train["lr_text_encoder1"] > 0 or train["lr_text_encoder2"] > 0
+
+
+def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None):
+    """The original's one AdamW: patch encoder/decoder at ``lr``, ``body.*`` at ``lr_sdxl_unet_body``, and with
+    ``encoders`` TE1 and TE2 at ``lr_text_encoder1/2`` (as ``lr_mult`` of the largest; a group at 0 is frozen
+    and left out of the optimizer)."""
     from t2i.train.task import OptimizerSpec
 
-    lr, body_lr = train["lr"], train["lr_sdxl_unet_body"]
-    peak = max(lr, body_lr)
-    if peak == 0:
-        raise ValueError("train.lr and train.lr_sdxl_unet_body are both 0: nothing would train")
+    lrs = [train["lr"], train["lr_sdxl_unet_body"]]
+    if encoders is not None:
+        lrs += [train["lr_text_encoder1"], train["lr_text_encoder2"]]
+    peak = max(lrs)
+    if max(lrs[:2]) == 0:
+        raise ValueError("train.lr and train.lr_sdxl_unet_body are both 0: nothing of the U-Net would train")
     named = list(model.named_parameters())
-    groups = [{"params": [p for n, p in named if not n.startswith("body.")], "lr_mult": lr / peak},
-              {"params": [p for n, p in named if n.startswith("body.")], "lr_mult": body_lr / peak}]
+    params = [[p for n, p in named if not n.startswith("body.")], [p for n, p in named if n.startswith("body.")]]
+    if encoders is not None:
+        params += [list(encoders.te1.parameters()), list(encoders.te2.parameters())]
+    groups = [{"params": group, "lr_mult": lr / peak} for group, lr in zip(params, lrs)]
     return OptimizerSpec(groups=groups, lr=peak, betas=tuple(train["betas"]), eps=train["eps"],
                          weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
                          grad_clip=train["grad_clip"])
@@ -135,8 +162,14 @@ class PixelSDXLTask:
         from t2i.train.task import EMASpec
 
         t, self.loss = exp["train"], exp["loss"]
-        self.modules, self.frozen = {UNET: model}, {TEXT: encoders}
-        self.optimizers = {UNET: optimizer_spec(model, t)}
+        if text_encoders_train(t):  # the original trains them in the U-Net's optimizer, at their own rates
+            encoders.te1.requires_grad_(t["lr_text_encoder1"] > 0)
+            encoders.te2.requires_grad_(t["lr_text_encoder2"] > 0)
+            self.modules, self.frozen = {UNET: model, TEXT: encoders}, {}
+            self.optimizers = {UNET: optimizer_spec(model, t, encoders)}
+        else:
+            self.modules, self.frozen = {UNET: model}, {TEXT: encoders}
+            self.optimizers = {UNET: optimizer_spec(model, t)}
         self.ema = [EMASpec(UNET, decays=list(t["ema_decays"]))] if t["ema_decays"] else []
         self.accumulate = t["accumulate"]
         self.identity = {"unet": public_config(model), "loss": self.loss, "data": exp["data"],
@@ -146,8 +179,10 @@ class PixelSDXLTask:
     def step(self, batch: dict, step: int, ctx) -> dict[str, torch.Tensor]:
         from t2i.diffusion.pixel_sdxl import add_noise, model_timesteps, sample_timesteps, velocity_loss, x0_loss
 
-        L, x0, time_ids = self.loss, batch["image"], batch["time_ids"]
-        context, pooled = ctx.module(TEXT)(batch["caption"])
+        L, x0, time_ids, captions = self.loss, batch["image"], batch["time_ids"], batch["caption"]
+        encode = ctx.module(TEXT)
+        # Frozen encoders: once for the whole batch. Trained ones: per micro-batch, as each backward frees its graph.
+        whole = None if TEXT in self.modules else encode(captions)
         n = x0.shape[0]
         t = sample_timesteps(n, uniform=L["timesteps"] == "uniform", mean=L["logit_mean"], std=L["logit_std"],
                              device=x0.device)
@@ -155,7 +190,8 @@ class PixelSDXLTask:
         unet, total, size = ctx.module(UNET), torch.zeros((), device=x0.device), -(-n // self.accumulate)
         for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
             part = slice(start, start + size)
-            pred = unet(x_t[part], model_timesteps(t[part]), context[part], pooled[part], time_ids[part])
+            context, pooled = encode(captions[part]) if whole is None else (whole[0][part], whole[1][part])
+            pred = unet(x_t[part], model_timesteps(t[part]), context, pooled, time_ids[part])
             loss = velocity_loss(pred, x0[part], t[part]) if L["objective"] == "velocity" else x0_loss(pred, x0[part])
             weight = pred.shape[0] / n
             ctx.backward(loss * weight)
@@ -164,12 +200,21 @@ class PixelSDXLTask:
         return {"loss": total}
 
     def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
-        from t2i.models.folder import save_model_folder
+        from t2i.models.folder import add_components, save_model_folder
         from t2i.models.pixel_sdxl import PixelSDXL
 
         model = PixelSDXL.from_config(self.modules[UNET].config)
         model.load_state_dict(weights[UNET])
         save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta)
+        if TEXT in self.modules:
+            encoders = self.modules[TEXT]
+            add_components(out_dir, encoders.save_pretrained(out_dir, weights[TEXT]))
+
+
+def encoder_folders(inputs: dict[str, Path]) -> list[Path]:
+    """The text encoders a model was trained with: its folder's own where they trained with it, else the roles'."""
+    model = Path(inputs["model"])
+    return [model / role if (model / role).is_dir() else Path(inputs[role]) for role in ENCODER_ROLES]
 
 
 def _check_conditioning(model, encoders: SDXLTextEncoders) -> None:
@@ -220,7 +265,7 @@ def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[
 
     from t2i.checkpoints.hashing import write_sha256sums
     from t2i.diffusion.posthoc_ema import posthoc_ema_weights, weighted_average
-    from t2i.models.folder import load_component, read_index, save_model_folder
+    from t2i.models.folder import add_components, load_component, read_index, save_model_folder
     from t2i.train.loop import MODEL, SNAPSHOTS
     from t2i.utils.atomic import atomic_dir
     from t2i.utils.provenance import write_provenance
@@ -236,8 +281,13 @@ def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[
     model = load_component(source, UNET, system=SYSTEM)
     model.load_state_dict(weighted_average((load_file(f) for f in files), weights))
     record = {"mode": mode, "value": value, "snapshot_steps": steps, "weights": weights}
+    index = read_index(source)
     with atomic_dir(out_dir / MODEL) as tmp:
-        save_model_folder(tmp, SYSTEM, {UNET: model}, {**read_index(source)["meta"], "posthoc_ema": record})
+        save_model_folder(tmp, SYSTEM, {UNET: model}, {**index["meta"], "posthoc_ema": record})
+        trained_encoders = {name: cls for name, cls in index["components"].items() if name in ENCODER_ROLES}
+        for name in trained_encoders:  # trained text encoders: their final weights (only the U-Net is averaged)
+            shutil.copytree(source / name, tmp / name)
+        add_components(tmp, trained_encoders)
         write_provenance(tmp, {"posthoc_ema": settings, "inputs": {k: str(v) for k, v in inputs.items()}},
                          extra={"averaged": record})
         write_sha256sums(tmp)
@@ -301,7 +351,7 @@ class PixelSDXLSystem:
         model = load_component(inputs["model"], UNET, system=SYSTEM)
         height, width = s["size"] or meta["image_size"]
         model.check_size(torch.empty(1, 3, height, width, device="meta"))
-        encoders = SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], meta["text_max_length"])
+        encoders = SDXLTextEncoders.load(*encoder_folders(inputs), meta["text_max_length"])
         _check_conditioning(model, encoders)
         model, encoders = prepare_module(model, s, device), encoders.to(device)
         scheduler = FlowX0EulerScheduler(s["schedule"], s["flow_shift"])
