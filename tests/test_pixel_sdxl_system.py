@@ -150,6 +150,26 @@ def test_text_encoders_come_from_clip_folders_or_a_pipeline_folder(inputs, tmp_p
         SDXLTextEncoders.load(pipe, pipe, 24)
 
 
+def test_a_clip_model_folder_loads_its_text_towers_quietly_and_a_vision_only_one_fails(inputs, tmp_path, capfd):
+    """The Shapes CLIP is a whole CLIPModel: its vision tensors are left out without a per-tensor report;
+    a folder without the text tensors is refused with one line instead of loading random weights."""
+    from safetensors.torch import load_file, save_file
+
+    from t2i.systems.pixel_sdxl import SDXLTextEncoders
+
+    capfd.readouterr()
+    SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], 24)
+    out = capfd.readouterr()
+    assert "UNEXPECTED" not in out.out + out.err
+    vision_only = tmp_path / "vision_only"
+    shutil.copytree(inputs["text_encoder_1"], vision_only)
+    weights = load_file(vision_only / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith(("text_model.", "text_projection."))},
+              str(vision_only / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"vision_only: no CLIPTextModel weights for \d+ tensors"):
+        SDXLTextEncoders.load(vision_only, inputs["text_encoder_2"], 24)
+
+
 def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, tmp_path):
     """lr_text_encoder1 > 0: TE1 joins the U-Net's AdamW as a third group (TE2 at 0 stays frozen and out of the
     optimizer), micro-batches each encode their own captions, and the model folder carries both encoders

@@ -49,6 +49,23 @@ def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
     return folder, folder
 
 
+def _text_model(cls, folder: Path):
+    """``cls.from_pretrained(folder)``, which may be a whole ``CLIPModel`` folder: its vision tower is left
+    out without transformers' per-tensor report; a missing text tensor is an error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"{folder}: no {cls.__name__} weights for {len(missing)} tensors, e.g. {missing[:3]}")
+    return model
+
+
 class SDXLTextEncoders(torch.nn.Module):
     """SDXL's two CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
 
@@ -77,8 +94,7 @@ class SDXLTextEncoders(torch.nn.Module):
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
         (model1, tok1), (model2, tok2) = _encoder_folders(Path(dir1), ""), _encoder_folders(Path(dir2), "_2")
-        te1 = CLIPTextModel.from_pretrained(model1, local_files_only=True)
-        te2 = CLIPTextModelWithProjection.from_pretrained(model2, local_files_only=True)
+        te1, te2 = _text_model(CLIPTextModel, model1), _text_model(CLIPTextModelWithProjection, model2)
         tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (tok1, tok2)]
         if max_length is None:
             max_length = min(t.model_max_length for t in tokenizers)
