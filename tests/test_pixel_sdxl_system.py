@@ -26,7 +26,7 @@ EXP = {
     "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8,
              "noise_scale": 1.0},
     "train": {"steps": 6, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "lr_sdxl_unet_body": 1e-4,
-              "lr_text_encoder1": 0.0, "lr_text_encoder2": 0.0,
+              "lr_text_encoder1": 0.0, "lr_text_encoder2": 0.0, "optimizer": "adamw",
               "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup_steps": 0, "grad_clip": 1.0,
               "ema_decays": [0.9], "snapshot_every": 0, "gradient_checkpointing": False, "save_every": 3,
               "log_every": 3, "seed": 0, "mixed_precision": "no", "compile": False, "num_workers": 0},
@@ -196,6 +196,13 @@ def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, 
     PixelSDXLSystem().sample(_exp(sample={"num_images": 1, "gen_bsz": 1}), {**inputs, "model": tmp_path / "ema/model"},
                              [{"id": "a", "prompt": "a red circle"}], tmp_path / "samples")
     assert len(list((tmp_path / "samples").rglob("*.png"))) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal; on CUDA adamw8bit may run")
+def test_adamw8bit_without_cuda_stops_with_one_message_before_any_step(inputs, tmp_path):
+    with pytest.raises(RuntimeError, match="adamw8bit"):
+        _train(inputs, tmp_path / "bnb", optimizer="adamw8bit")
+    assert not (tmp_path / "bnb" / "model").exists()
 
 
 def test_a_stage_starts_from_the_init_roles_weights(inputs, tmp_path):

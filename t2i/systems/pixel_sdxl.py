@@ -167,7 +167,7 @@ def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None)
     groups = [{"params": group, "lr_mult": lr / peak} for group, lr in zip(params, lrs)]
     return OptimizerSpec(groups=groups, lr=peak, betas=tuple(train["betas"]), eps=train["eps"],
                          weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
-                         grad_clip=train["grad_clip"])
+                         grad_clip=train["grad_clip"], kind=train["optimizer"])
 
 
 class PixelSDXLTask:

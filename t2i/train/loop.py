@@ -39,7 +39,21 @@ log = get_logger(__name__)
 TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 64, "seed": 0, "mixed_precision": "auto", "compile": "auto",
                   "num_workers": 0, "save_every": 500, "log_every": 50, "snapshot_every": 0}
 MODEL, WEIGHTS, SNAPSHOTS, TENSORBOARD = "model", "weights", "snapshots", "tensorboard"
-_OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def _adamw8bit(groups: list[dict], **kwargs) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW with 8-bit states (what the pixel-SDXL seed's users need on 24 GB cards); CUDA only."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise RuntimeError("optimizer adamw8bit needs the bitsandbytes package (pip install bitsandbytes); "
+                           "use adamw without it") from None
+    if not torch.cuda.is_available():
+        raise RuntimeError("optimizer adamw8bit runs on CUDA only; use adamw on this machine")
+    return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
+
+
+_OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "adamw8bit": _adamw8bit}
 
 
 class TrainingInterrupted(SystemExit):

@@ -59,7 +59,7 @@ class OptimizerSpec:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_clip: float = 0.0  # max gradient norm over this optimizer's parameters at each step (0: off)
-    kind: str = "adamw"  # adamw | adam
+    kind: str = "adamw"  # adamw | adam | adamw8bit (bitsandbytes, CUDA)
     decay: str = "constant"  # after the warmup: constant | cosine (to 0 at ``total_steps``)
     total_steps: int = 0
 
