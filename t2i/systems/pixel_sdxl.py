@@ -246,7 +246,7 @@ def load_initial_weights(model, source: Path) -> str:
     """Fill ``model`` from the ``init`` role's folder, strictly; returns what it was.
 
     - a t2i ``pixel_sdxl`` model folder (an earlier stage's experiment, or a converted original checkpoint):
-      the whole model, which must have the same architecture;
+      its whole U-Net model, which must have the same architecture (text encoders come from the roles);
     - a diffusers SDXL folder (``unet/`` inside, e.g. the stabilityai/stable-diffusion-xl-base-1.0 snapshot) or
       a ``UNet2DConditionModel`` folder: the U-Net's body (the patch encoder/decoder keep their initialisation);
     - a folder holding one SDXL single-file ``.safetensors`` (``model.diffusion_model.*``): the same, converted.
