@@ -54,7 +54,8 @@ def _registry() -> Registry:
 
 
 def system_spec(system: str) -> dict:
-    """The ``x-t2i`` section of a system's schema: its input ``roles`` and ``stages`` (torch-free)."""
+    """The ``x-t2i`` section of a system's schema: its input ``roles``, the blocks of each of its ``stages``,
+    ``speed_keys`` and ``block_roles`` (a block that only acts where a role is filled; torch-free)."""
     return _schema(system_schema_path(system))["x-t2i"]
 
 

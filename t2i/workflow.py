@@ -63,10 +63,14 @@ def canonical(value: Any) -> str:
 
 def stage_experiment(config: dict, exp: str, stage: str) -> dict:
     """The slice of experiment ``exp`` that ``stage`` depends on: ``name``, ``system`` and the blocks
-    the system declares for the stage. ``sample`` leaves out ``prompt_sets`` (adding a prompt set
+    the system declares for the stage, less those its ``block_roles`` tie to a role this experiment
+    leaves empty (they do nothing there). ``sample`` leaves out ``prompt_sets`` (adding a prompt set
     must not resample the others)."""
     e = config["experiments"][exp]
-    view = {"name": exp, "system": e["system"], **{b: e[b] for b in system_spec(e["system"])["stages"][stage]}}
+    spec = system_spec(e["system"])
+    needs = spec.get("block_roles", {})
+    blocks = [b for b in spec["stages"][stage] if b not in needs or needs[b] in e["inputs"]]
+    view = {"name": exp, "system": e["system"], **{b: e[b] for b in blocks}}
     if stage == "sample":
         view["sample"] = {k: v for k, v in e["sample"].items() if k != "prompt_sets"}
     return view

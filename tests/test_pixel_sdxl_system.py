@@ -294,14 +294,15 @@ def test_a_pixel_sdxl_experiment_validates_with_defaults(raw):
         "dataset": "results/datasets/shapes32/SHA256SUMS", "text_encoder_1": "results/pretrained/shapes-clip",
         "text_encoder_2": "results/pretrained/shapes-clip", "prepared": "results/shapes_pixel_sdxl/prepared"}
     assert set(wf.stage_experiment(cfg, "shapes_pixel_sdxl", "train")) == {
-        "name", "system", "data", "text", "model", "loss", "train", "posthoc_ema"}
+        "name", "system", "data", "text", "model", "loss", "train"}  # posthoc_ema: only with a snapshots role
     params = json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl", "train"))["train"]
     assert "accumulate" not in params and "gradient_checkpointing" not in params and "lr" in params
 
 
 def test_a_posthoc_ema_experiment_reads_the_trained_experiments_model_folder(raw):
     """The average is its own experiment: its train job reads the source's model folder (so the snapshots
-    beside it are complete), and its settings are not in the source's train parameters."""
+    beside it are complete), and its settings are in its own train parameters, not the source's (where
+    the block does nothing, so editing it there retrains nothing)."""
     from t2i import workflow as wf
 
     source = raw["experiments"]["shapes_pixel_sdxl"]
@@ -313,7 +314,10 @@ def test_a_posthoc_ema_experiment_reads_the_trained_experiments_model_folder(raw
     assert cfg["experiments"]["shapes_pixel_sdxl_ema"]["posthoc_ema"] == {"mode": "power", "mu": 0.9, "sigma_rel": 0.05}
     ema = json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl_ema", "train"))
     assert ema["posthoc_ema"]["mode"] == "power"
-    assert json.loads(wf.stage_params(cfg, "shapes_pixel_sdxl", "train"))["posthoc_ema"]["mode"] == "geometric"
+    source_params = wf.stage_params(cfg, "shapes_pixel_sdxl", "train")
+    assert "posthoc_ema" not in json.loads(source_params)
+    raw["experiments"]["shapes_pixel_sdxl"]["posthoc_ema"] = {"mu": 0.5}
+    assert wf.stage_params(validate_config(raw), "shapes_pixel_sdxl", "train") == source_params
 
 
 @pytest.mark.parametrize("edit, message", [
