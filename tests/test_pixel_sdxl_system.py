@@ -173,7 +173,8 @@ def test_a_clip_model_folder_loads_its_text_towers_quietly_and_a_vision_only_one
 def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, tmp_path):
     """lr_text_encoder1 > 0: TE1 joins the U-Net's AdamW as a third group (TE2 at 0 stays frozen and out of the
     optimizer), micro-batches each encode their own captions, and the model folder carries both encoders
-    with their tokenizers, which sampling and post-hoc EMA then use instead of the roles' folders."""
+    with their tokenizers, which sampling then uses instead of the roles' folders; post-hoc EMA averages them
+    with the U-Net's weights, as the original averages every key."""
     from transformers import CLIPTextModel
 
     from t2i.models.folder import read_index
@@ -189,9 +190,15 @@ def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, 
     optimizer = torch.load(out / "state/optimizer.bin", weights_only=True)
     assert len(optimizer["param_groups"]) == 3
     assert encoder_folders({**inputs, "model": model}) == [model / "text_encoder_1", model / "text_encoder_2"]
-    PixelSDXLSystem().train({**_exp(), "posthoc_ema": {"mode": "geometric", "mu": 0.9, "sigma_rel": 0.05}},
+    PixelSDXLSystem().train({**_exp(), "posthoc_ema": {"mode": "geometric", "mu": 0.5, "sigma_rel": 0.05}},
                             {**inputs, "snapshots": model}, tmp_path / "ema")
     assert encoder_folders({**inputs, "model": tmp_path / "ema/model"})[0] == tmp_path / "ema/model/text_encoder_1"
+    # the original averages the text encoders too: here 1/3 and 2/3 of TE1 after steps 1 and 2
+    snapshots = [load_file(out / f"snapshots/text_encoders-{s:08d}.safetensors") for s in (1, 2)]
+    averaged = CLIPTextModel.from_pretrained(tmp_path / "ema/model/text_encoder_1").state_dict()
+    key = next(k for k in averaged if k.endswith("fc1.weight"))
+    expected = (snapshots[0]["te1." + key].double() + 2 * snapshots[1]["te1." + key].double()) / 3
+    torch.testing.assert_close(averaged[key].double(), expected, rtol=1e-6, atol=1e-7)
     (tmp_path / "samples").mkdir()
     PixelSDXLSystem().sample(_exp(sample={"num_images": 1, "gen_bsz": 1}), {**inputs, "model": tmp_path / "ema/model"},
                              [{"id": "a", "prompt": "a red circle"}], tmp_path / "samples")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -273,10 +272,11 @@ def load_initial_weights(model, source: Path) -> str:
 
 
 def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[str, Path]) -> None:
-    """Post-hoc EMA (the original's ``post_hoc_ema.py``, as a stage): the raw U-Net snapshots that another
+    """Post-hoc EMA (the original's ``post_hoc_ema.py``, as a stage): the raw snapshots that another
     experiment's training kept (``train/snapshots/unet-<step>.safetensors`` beside its model folder
-    ``source``), averaged by ``settings`` (``mode`` geometric with ``mu``, or power with ``sigma_rel``;
-    :mod:`t2i.diffusion.posthoc_ema`), written as ``out_dir/model`` with that model's config and meta."""
+    ``source``, and ``text_encoders-<step>`` where its text encoders trained), averaged by ``settings``
+    (``mode`` geometric with ``mu``, or power with ``sigma_rel``; :mod:`t2i.diffusion.posthoc_ema`),
+    written as ``out_dir/model`` with that model's config and meta."""
     from safetensors.torch import load_file
 
     from t2i.checkpoints.hashing import write_sha256sums
@@ -298,12 +298,17 @@ def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[
     model.load_state_dict(weighted_average((load_file(f) for f in files), weights))
     record = {"mode": mode, "value": value, "snapshot_steps": steps, "weights": weights}
     index = read_index(source)
+    trained_encoders = [name for name in index["components"] if name in ENCODER_ROLES]
     with atomic_dir(out_dir / MODEL) as tmp:
         save_model_folder(tmp, SYSTEM, {UNET: model}, {**index["meta"], "posthoc_ema": record})
-        trained_encoders = {name: cls for name, cls in index["components"].items() if name in ENCODER_ROLES}
-        for name in trained_encoders:  # trained text encoders: their final weights (only the U-Net is averaged)
-            shutil.copytree(source / name, tmp / name)
-        add_components(tmp, trained_encoders)
+        if trained_encoders:  # as the original, the text encoders that trained are averaged with the same weights
+            text_files = [source.parent / SNAPSHOTS / f"{TEXT}-{step:08d}.safetensors" for step in steps]
+            missing = [f.name for f in text_files if not f.is_file()]
+            if missing:
+                raise ValueError(f"inputs.snapshots: trained text encoders but no snapshot {', '.join(missing[:3])}")
+            encoders = SDXLTextEncoders.load(*(source / name for name in ENCODER_ROLES), index["meta"]["text_max_length"])
+            add_components(tmp, encoders.save_pretrained(tmp, weighted_average((load_file(f) for f in text_files),
+                                                                                weights)))
         write_provenance(tmp, {"posthoc_ema": settings, "inputs": {k: str(v) for k, v in inputs.items()}},
                          extra={"averaged": record})
         write_sha256sums(tmp)
