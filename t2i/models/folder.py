@@ -23,24 +23,20 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete, or names a class outside the trusted packages."""
 
 
-def save_model_folder(out_dir: str | Path, system: str, components: dict[str, Any], meta: dict | None = None) -> None:
-    """``component.save_pretrained(out_dir/name)`` for each component, then ``t2i_model.json``."""
+def save_model_folder(out_dir: str | Path, system: str, components: dict[str, Any], meta: dict | None = None,
+                      saved_components: dict[str, str] | None = None) -> None:
+    """``component.save_pretrained(out_dir/name)`` for each component, then ``t2i_model.json``;
+    ``saved_components`` (name -> ``module:Class``) are folders already written there by their own
+    ``save_pretrained`` (e.g. a transformers model with its tokenizer)."""
     out_dir = Path(out_dir)
     for name, module in components.items():
         module.save_pretrained(out_dir / name)
     atomic_write_json(out_dir / INDEX, {
         "system": system,
-        "components": {name: f"{type(m).__module__}:{type(m).__qualname__}" for name, m in components.items()},
+        "components": {**{name: f"{type(m).__module__}:{type(m).__qualname__}" for name, m in components.items()},
+                       **(saved_components or {})},
         "meta": meta or {},
     })
-
-
-def add_components(out_dir: str | Path, components: dict[str, str]) -> None:
-    """Record component folders written beside the others by their own ``save_pretrained`` (name ->
-    ``module:Class``, e.g. a transformers model saved with its tokenizer) in ``t2i_model.json``."""
-    index = read_index(out_dir)
-    index["components"].update(components)
-    atomic_write_json(Path(out_dir) / INDEX, index)
 
 
 def read_index(model_dir: str | Path) -> dict:

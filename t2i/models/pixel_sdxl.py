@@ -226,15 +226,23 @@ class PixelSDXL(ModelMixin, ConfigMixin):
                                             patch_num_res_blocks, patch_norm_num_groups)
 
     @property
+    def context_dim(self) -> int:
+        """Width of the text context it takes (``encoder_hidden_states``)."""
+        return self.body.unet_config["cross_attention_dim"]
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled text vector it takes: SDXL's text_time input less the six size numbers' features."""
+        unet = self.body.unet_config
+        return unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
+
+    @property
     def size_multiple(self) -> int:
         """Image height and width must be multiples of this: the patch size times the body's downsampling."""
         return self.config.patch_size * self.body.downscale
 
-    def check_size(self, pixels: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``pixels`` is ``[B, 3, H, W]`` with H, W multiples of :attr:`size_multiple`."""
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"pixel-SDXL takes images [B, 3, H, W], got shape {tuple(pixels.shape)}")
-        height, width = pixels.shape[-2:]
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` unless ``height`` and ``width`` are multiples of :attr:`size_multiple`."""
         m = self.size_multiple
         if height % m or width % m:
             raise ValueError(
@@ -244,7 +252,9 @@ class PixelSDXL(ModelMixin, ConfigMixin):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, 3, H, W]`` -> the body's input features ``[B, body.in_channels, H/P, W/P]``."""
-        self.check_size(pixels)
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixel-SDXL takes images [B, 3, H, W], got shape {tuple(pixels.shape)}")
+        self.check_size(*pixels.shape[-2:])
         return self.patch_encoder(patchify(pixels, self.config.patch_size))
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:

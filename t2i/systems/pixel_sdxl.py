@@ -117,17 +117,14 @@ class SDXLTextEncoders(torch.nn.Module):
             out2 = self.te2(input_ids=self._ids(1, captions), output_hidden_states=True)
         return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
 
-    def save_pretrained(self, out_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> dict:
+    def save_pretrained(self, out_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
         """Both encoders with their tokenizers as CLIP folders ``out_dir/text_encoder_{1,2}`` (``weights``: a
         state dict of this module to save instead of its own); returns the component classes for the index."""
         components = {}
         for i, (role, te) in enumerate(((ENCODER_ROLES[0], self.te1), (ENCODER_ROLES[1], self.te2))):
-            copy = type(te)(te.config)
             prefix = f"te{i + 1}."
-            state = te.state_dict() if weights is None else \
-                {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            copy.load_state_dict(state)
-            copy.save_pretrained(Path(out_dir) / role)
+            state = None if weights is None else {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            te.save_pretrained(Path(out_dir) / role, state_dict=state)
             self.tokenizers[i].save_pretrained(Path(out_dir) / role)
             components[role] = f"{type(te).__module__}:{type(te).__qualname__}"
         return components
@@ -178,8 +175,7 @@ class PixelSDXLTask:
 
         t, self.loss = exp["train"], exp["loss"]
         if text_encoders_train(t):  # the original trains them in the U-Net's optimizer, at their own rates
-            encoders.te1.requires_grad_(t["lr_text_encoder1"] > 0)
-            encoders.te2.requires_grad_(t["lr_text_encoder2"] > 0)
+            encoders.requires_grad_(True)  # the loop freezes the one whose lr is 0 (its group is left out)
             self.modules, self.frozen = {UNET: model, TEXT: encoders}, {}
             self.optimizers = {UNET: optimizer_spec(model, t, encoders)}
         else:
@@ -215,15 +211,13 @@ class PixelSDXLTask:
         return {"loss": total}
 
     def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
-        from t2i.models.folder import add_components, save_model_folder
+        from t2i.models.folder import save_model_folder
         from t2i.models.pixel_sdxl import PixelSDXL
 
         model = PixelSDXL.from_config(self.modules[UNET].config)
         model.load_state_dict(weights[UNET])
-        save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta)
-        if TEXT in self.modules:
-            encoders = self.modules[TEXT]
-            add_components(out_dir, encoders.save_pretrained(out_dir, weights[TEXT]))
+        saved = self.modules[TEXT].save_pretrained(out_dir, weights[TEXT]) if TEXT in self.modules else {}
+        save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta, saved_components=saved)
 
 
 def encoder_folders(inputs: dict[str, Path]) -> list[Path]:
@@ -234,10 +228,8 @@ def encoder_folders(inputs: dict[str, Path]) -> list[Path]:
 
 def _check_conditioning(model, encoders: SDXLTextEncoders) -> None:
     """The U-Net's context and pooled widths must be the encoders'."""
-    unet = model.config.unet_config
-    pooled = unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
-    if (unet["cross_attention_dim"], pooled) != (encoders.context_dim, encoders.pooled_dim):
-        raise ValueError(f"the model takes context {unet['cross_attention_dim']} / pooled {pooled} wide, the text "
+    if (model.context_dim, model.pooled_dim) != (encoders.context_dim, encoders.pooled_dim):
+        raise ValueError(f"the model takes context {model.context_dim} / pooled {model.pooled_dim} wide, the text "
                          f"encoders give {encoders.context_dim} / {encoders.pooled_dim}")
 
 
@@ -281,8 +273,9 @@ def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[
 
     from t2i.checkpoints.hashing import write_sha256sums
     from t2i.diffusion.posthoc_ema import posthoc_ema_weights, weighted_average
-    from t2i.models.folder import add_components, load_component, read_index, save_model_folder
-    from t2i.train.loop import MODEL, SNAPSHOTS
+    from t2i.models.folder import read_index, save_model_folder
+    from t2i.models.pixel_sdxl import PixelSDXL
+    from t2i.train.loop import MODEL, SNAPSHOTS, snapshot_path, snapshot_step
     from t2i.utils.atomic import atomic_dir
     from t2i.utils.provenance import write_provenance
 
@@ -290,25 +283,27 @@ def average_snapshots(settings: dict, source: Path, out_dir: Path, inputs: dict[
     if not files:
         raise ValueError(f"inputs.snapshots: {source.parent / SNAPSHOTS} holds no {UNET}-<step>.safetensors "
                          f"(that experiment needs train.snapshot_every > 0)")
-    steps = [int(f.stem.rsplit("-", 1)[1]) for f in files]
+    steps = [snapshot_step(f) for f in files]
     mode = settings["mode"]
     value = settings["mu"] if mode == "geometric" else settings["sigma_rel"]
     weights = posthoc_ema_weights(steps, mode, value)
-    model = load_component(source, UNET, system=SYSTEM)
-    model.load_state_dict(weighted_average((load_file(f) for f in files), weights))
-    record = {"mode": mode, "value": value, "snapshot_steps": steps, "weights": weights}
     index = read_index(source)
-    trained_encoders = [name for name in index["components"] if name in ENCODER_ROLES]
+    if index["system"] != SYSTEM:
+        raise ValueError(f"inputs.snapshots: {source} is a {index['system']} model, not {SYSTEM}")
+    with torch.device("meta"):  # every tensor comes from the average
+        model = PixelSDXL.from_config(PixelSDXL.load_config(source / UNET))
+    model.load_state_dict(weighted_average((load_file(f) for f in files), weights), assign=True)
+    record = {"mode": mode, "value": value, "snapshot_steps": steps, "weights": weights}
     with atomic_dir(out_dir / MODEL) as tmp:
-        save_model_folder(tmp, SYSTEM, {UNET: model}, {**index["meta"], "posthoc_ema": record})
-        if trained_encoders:  # as the original, the text encoders that trained are averaged with the same weights
-            text_files = [source.parent / SNAPSHOTS / f"{TEXT}-{step:08d}.safetensors" for step in steps]
+        saved = {}
+        if any(name in ENCODER_ROLES for name in index["components"]):  # trained text encoders: averaged the same way
+            text_files = [snapshot_path(source.parent, TEXT, step) for step in steps]
             missing = [f.name for f in text_files if not f.is_file()]
             if missing:
                 raise ValueError(f"inputs.snapshots: trained text encoders but no snapshot {', '.join(missing[:3])}")
             encoders = SDXLTextEncoders.load(*(source / name for name in ENCODER_ROLES), index["meta"]["text_max_length"])
-            add_components(tmp, encoders.save_pretrained(tmp, weighted_average((load_file(f) for f in text_files),
-                                                                                weights)))
+            saved = encoders.save_pretrained(tmp, weighted_average((load_file(f) for f in text_files), weights))
+        save_model_folder(tmp, SYSTEM, {UNET: model}, {**index["meta"], "posthoc_ema": record}, saved_components=saved)
         write_provenance(tmp, {"posthoc_ema": settings, "inputs": {k: str(v) for k, v in inputs.items()}},
                          extra={"averaged": record})
         write_sha256sums(tmp)
@@ -371,7 +366,7 @@ class PixelSDXLSystem:
         meta = read_index(inputs["model"])["meta"]
         model = load_component(inputs["model"], UNET, system=SYSTEM)
         height, width = s["size"] or meta["image_size"]
-        model.check_size(torch.empty(1, 3, height, width, device="meta"))
+        model.check_size(height, width)
         encoders = SDXLTextEncoders.load(*encoder_folders(inputs), meta["text_max_length"])
         _check_conditioning(model, encoders)
         model, encoders = prepare_module(model, s, device), encoders.to(device)

@@ -247,7 +247,13 @@ def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
         save_file(_cpu(state), str(tmp))
 
 
-def _snapshot_step(path: Path) -> int:
+def snapshot_path(out_dir: Path, module: str, step: int) -> Path:
+    """Where the loop keeps ``module``'s raw weights after ``step`` (``train.snapshot_every``; post-hoc EMA reads them)."""
+    return Path(out_dir) / SNAPSHOTS / f"{module}-{step:08d}.safetensors"
+
+
+def snapshot_step(path: Path) -> int:
+    """The step of a :func:`snapshot_path`."""
     return int(path.stem.rsplit("-", 1)[1])
 
 
@@ -261,7 +267,7 @@ def _clean_outputs(out_dir: Path, start: int, steps: int) -> None:
         for name in (TENSORBOARD, SNAPSHOTS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     for path in (out_dir / SNAPSHOTS).glob("*.safetensors"):
-        if _snapshot_step(path) > start:
+        if snapshot_step(path) > start:
             path.unlink()
 
 
@@ -353,7 +359,7 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
                         task.on_log(row, out_dir, lambda: _export_weights(raw, emas))
                 if cfg["snapshot_every"] and done % cfg["snapshot_every"] == 0 and acc.is_main_process:
                     for name, module in raw.items():
-                        _save_weights(module.state_dict(), out_dir / SNAPSHOTS / f"{name}-{done:08d}.safetensors")
+                        _save_weights(module.state_dict(), snapshot_path(out_dir, name, done))
                 if done % cfg["save_every"] == 0 or done == steps:
                     state.save(done, ident, metrics.rows)
                     saved = done
