@@ -58,6 +58,7 @@ def shapes_transfer(args) -> None:
     from t2i.data.shapes import generate
     from t2i.systems.lafite import LafiteSystem
     from t2i.text.shapes_clip import train_shapes_clip
+    from t2i.utils.atomic import read_jsonl
 
     work = Path(args.workdir)
     dataset, clip, prepared = work / "dataset", work / "clip", work / "prepared"
@@ -72,7 +73,7 @@ def shapes_transfer(args) -> None:
         print(f"Shapes CLIP zero-shot top-1 on test: {metrics['test']['top1']:.3f} "
               f"(single objects {metrics['test']['top1_single']:.3f})")
     prompts = dataset / "prompts" / "test.jsonl"
-    num_images = args.images_per_prompt * sum(1 for _ in prompts.open())
+    num_images = args.images_per_prompt * len(read_jsonl(prompts))
     exp, system = experiment(args.kimg, args.set, num_images), LafiteSystem()
     if not (prepared / "SHA256SUMS").is_file():
         start = time.time()

@@ -88,6 +88,7 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
     from t2i import workflow as wf
     from t2i.systems import get_system
+    from t2i.utils.atomic import read_jsonl
 
     exp = wf.stage_experiment(config, exp_name, "sample")
     inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
@@ -95,7 +96,7 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
         seed = config["experiments"][exp_name]["train"]["seed"]
         inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
     prompts = inputs["dataset"] / "prompts" / "test.jsonl"
-    exp["sample"] = {**exp["sample"], "num_images": per_prompt * sum(1 for _ in prompts.open())}
+    exp["sample"] = {**exp["sample"], "num_images": per_prompt * len(read_jsonl(prompts))}
     with patch():
         return score_samples(get_system(exp["system"]), exp, inputs, prompts, workdir / CONTROLS / out_name / exp_name)
 

@@ -65,7 +65,8 @@ def posthoc_ema_weights(steps: Sequence[int], mode: str, value: float) -> list[f
         if not 0 <= value <= 1:
             raise ValueError(f"mu must be in [0, 1], got {value}")
         raw = [float(value) ** (n - 1 - i) for i in range(n)]
-        return [w / math.fsum(raw) for w in raw]
+        total = math.fsum(raw)
+        return [w / total for w in raw]
     if steps[-1] == 0:
         raise ValueError("a power-function EMA needs a snapshot after step 0")
     p = sigma_rel_to_gamma(value) + 1

@@ -123,7 +123,7 @@ class FakesGrid:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "prompts.txt", "".join(f"{p}\n" for p in self.prompts))
         path = out_dir / f"fakes{kimg:06d}.png"
-        save_png(tensor_to_uint8(make_grid(images.clamp(-1, 1), nrow=cols, padding=1, pad_value=1.0)), path)
+        save_png(tensor_to_uint8(make_grid(images, nrow=cols, padding=1, pad_value=1.0)), path)
         return path
 
 
