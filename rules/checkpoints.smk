@@ -4,7 +4,7 @@
 
 rule pretrained:
     input:
-        lambda wc: [wf.dataset_done(a["dataset"]) for a in [wf.asset_config(config, wc.asset)] if a["source"] == "trained"],
+        unpack(lambda wc: wf.asset_dependencies(config, wc.asset)),
     output:
         directory(f"{RESULTS}/pretrained/{{asset}}"),
     params:

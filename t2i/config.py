@@ -23,6 +23,8 @@ SCHEMA_DIR = Path(__file__).parent / "schemas"
 SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 # Default weights asset of each feature extractor (``evaluate.extractor_asset: null``).
 EXTRACTOR_ASSETS = {"shapes-cnn": "shapes-cnn", "inception-v3-compat": "inception"}
+# Keys of a trained asset's block that name the assets its recipe trains from (e.g. the latent SDXL's VAE).
+RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder")}
 
 
 class ConfigError(ValueError):
@@ -144,6 +146,30 @@ def _check_evaluation_refs(config: dict, name: str, exp: dict) -> None:
         raise ConfigError(f"{where}.clip_asset: no pretrained asset named {ev['clip_asset']!r} in `pretrained`")
 
 
+def _check_asset_refs(config: dict) -> None:
+    """A trained asset's dataset and the assets its recipe names (:data:`RECIPE_ASSET_KEYS`) must exist,
+    and assets may not be trained from each other in a cycle."""
+    def refs(name: str) -> list[tuple[str, str]]:
+        a = config["pretrained"][name]
+        return [(key, a[key]) for key in RECIPE_ASSET_KEYS.get(a.get("recipe"), ()) if key in a] \
+            if a["source"] == "trained" else []
+
+    for name, asset in config["pretrained"].items():
+        if asset["source"] == "trained" and asset["dataset"] not in config["datasets"]:
+            raise ConfigError(f"pretrained.{name}.dataset: no dataset named {asset['dataset']!r} in `datasets`")
+        for key, target in refs(name):
+            if target not in config["pretrained"]:
+                raise ConfigError(f"pretrained.{name}.{key}: no pretrained asset named {target!r} in `pretrained`")
+        path, todo = [name], [t for _, t in refs(name)]
+        while todo:
+            target = todo.pop()
+            if target == name:
+                raise ConfigError(f"pretrained.{name}: assets trained from each other in a cycle")
+            if target not in path:
+                path.append(target)
+                todo += [t for _, t in refs(target)]
+
+
 def _check_no_cycles(config: dict) -> None:
     """Experiments that feed each other (``inputs: {role: {experiment: ...}}``) must form a DAG."""
     state: dict[str, str] = {}
@@ -177,9 +203,7 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(f"{where}.system: unknown system {exp['system']!r} (known: {', '.join(sorted(SYSTEMS))})")
         validate_against(exp, _schema(system_schema_path(exp["system"])), prefix=where)
         _check_experiment_refs(config, name, exp)
-    for name, asset in config["pretrained"].items():
-        if asset["source"] == "trained" and asset["dataset"] not in config["datasets"]:
-            raise ConfigError(f"pretrained.{name}.dataset: no dataset named {asset['dataset']!r} in `datasets`")
+    _check_asset_refs(config)
     for i, name in enumerate(config["run"]):
         if name not in config["experiments"]:
             raise ConfigError(f"run[{i}]: no experiment named {name!r} in `experiments`")

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from t2i.config import EXTRACTOR_ASSETS, system_spec
+from t2i.config import EXTRACTOR_ASSETS, RECIPE_ASSET_KEYS, system_spec
 
 RESULTS = "results"
 STAGES = ("prepare", "train", "sample", "evaluate")
@@ -50,6 +50,16 @@ def dataset_config(config: dict, name: str) -> dict:
 
 def asset_config(config: dict, name: str) -> dict:
     return config["pretrained"][name]
+
+
+def asset_dependencies(config: dict, name: str) -> dict[str, str]:
+    """A trained asset's upstream: ``dataset`` (its completion marker) and the assets its recipe names
+    (key -> asset folder); empty for any other source."""
+    a = asset_config(config, name)
+    if a["source"] != "trained":
+        return {}
+    return {"dataset": dataset_done(a["dataset"]),
+            **{key: f"{RESULTS}/pretrained/{a[key]}" for key in RECIPE_ASSET_KEYS.get(a["recipe"], ()) if key in a}}
 
 
 def prompt_sets(config: dict, exp: str) -> list[str]:

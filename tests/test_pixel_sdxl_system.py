@@ -20,7 +20,7 @@ TINY = {"patch_hidden": 16, "patch_num_res_blocks": 1,
 EXP = {
     "name": "pixel_sdxl_tiny", "system": "pixel_sdxl",
     "prepare": {"bucket_multiple": 8, "max_pixels": 32 * 32, "min_pixels": 16 * 16},
-    "data": {"caption_drop": 0.1, "tag_drop": 0.5, "min_tags": 3},
+    "data": {"caption_drop": 0.1, "tag_drop": 0.5, "min_tags": 3, "flip": True},
     "text": {"max_length": 24},
     "model": {"preset": "shapes32", "overrides": TINY},
     "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8,
@@ -136,7 +136,7 @@ def test_a_group_at_lr_0_is_frozen_and_micro_batches_add_up(inputs, tmp_path):
 def test_text_encoders_come_from_clip_folders_or_a_pipeline_folder(inputs, tmp_path):
     """A diffusers SDXL folder (model_index.json, text_encoder[_2]/, tokenizer[_2]/) fills both roles with
     the encoder each role names; the encodings equal those of the same CLIP folders given directly."""
-    from t2i.systems.pixel_sdxl import SDXLTextEncoders
+    from t2i.text.sdxl_encoders import SDXLTextEncoders
 
     clip, pipe = inputs["text_encoder_1"], tmp_path / "sdxl"
     for part in ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
@@ -155,7 +155,7 @@ def test_a_clip_model_folder_loads_its_text_towers_quietly_and_a_vision_only_one
     a folder without the text tensors is refused with one line instead of loading random weights."""
     from safetensors.torch import load_file, save_file
 
-    from t2i.systems.pixel_sdxl import SDXLTextEncoders
+    from t2i.text.sdxl_encoders import SDXLTextEncoders
 
     capfd.readouterr()
     SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], 24)

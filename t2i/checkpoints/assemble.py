@@ -189,6 +189,7 @@ def _from_local(asset: _Asset, tmp: Path, staging: Path) -> dict:
 
 def _from_trained(asset: _Asset, tmp: Path, staging: Path) -> dict:
     from t2i.checkpoints.recipes import RECIPES
+    from t2i.config import RECIPE_ASSET_KEYS
     from t2i.workflow import RESULTS
 
     recipe = asset.require("recipe")
@@ -199,8 +200,17 @@ def _from_trained(asset: _Asset, tmp: Path, staging: Path) -> dict:
         verify_sha256sums(dataset_dir)
     except ChecksumError as e:
         raise asset.error(str(e), "dataset") from None
-    metrics = RECIPES[recipe](asset.cfg, dataset_dir, tmp)
-    return {"recipe": recipe, "dataset": asset.cfg["dataset"], "metrics": metrics}
+    assets = {}
+    for key in RECIPE_ASSET_KEYS.get(recipe, ()):
+        folder = Path(RESULTS) / "pretrained" / asset.require(key)
+        try:
+            verify_sha256sums(folder)
+        except ChecksumError as e:
+            raise asset.error(str(e), key) from None
+        assets[key] = folder
+    metrics = RECIPES[recipe](asset.cfg, dataset_dir, tmp, assets)
+    return {"recipe": recipe, "dataset": asset.cfg["dataset"], "assets": {k: str(v) for k, v in assets.items()},
+            "metrics": metrics}
 
 
 def _convert(asset: _Asset, folder: Path) -> dict:

@@ -264,16 +264,16 @@ class BucketBatchSampler(StepBatchSampler):
 class PixelSDXLDataset(torch.utils.data.Dataset):
     """Items ``(index, step)`` -> ``{"image": [3, h, w] in [-1, 1], "caption": str, "time_ids": [6]}``.
 
-    The image is resized (lanczos) to cover its bucket, flipped with probability 0.5 and randomly
-    cropped to the bucket; ``time_ids`` are SDXL's ``(orig_h, orig_w, crop_top, crop_left,
+    The image is resized (lanczos) to cover its bucket, flipped with probability 0.5 (``flip``, as the
+    original; off where captions name left and right) and randomly cropped to the bucket; ``time_ids`` are SDXL's ``(orig_h, orig_w, crop_top, crop_left,
     bucket_h, bucket_w)`` with the image file's own size as the original size. The caption is
     :func:`make_caption` of the item's tags. A padded batch that holds an item twice gives both
     copies the same draws (they share the key).
     """
 
     def __init__(self, meta: PixelSDXLMetadata, seed: int, caption_drop: float = CAPTION_DROP_PROBABILITY,
-                 max_drop: float = TAG_DROP_PROBABILITY, min_tags: int = MIN_TAGS_PER_IMAGE):
-        self.meta, self.seed = meta, seed
+                 max_drop: float = TAG_DROP_PROBABILITY, min_tags: int = MIN_TAGS_PER_IMAGE, flip: bool = True):
+        self.meta, self.seed, self.flip = meta, seed, flip
         self.caption_drop, self.max_drop, self.min_tags = caption_drop, max_drop, min_tags
 
     def __len__(self) -> int:
@@ -299,7 +299,7 @@ class PixelSDXLDataset(torch.utils.data.Dataset):
             img = img.resize(size, Image.LANCZOS)
         pixels = np.asarray(img)
         rng = item_rng(self.seed, step, index, _IMAGE_STREAM)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and self.flip:
             pixels = pixels[:, ::-1]
         left, top = int(rng.integers(size[0] - bw + 1)), int(rng.integers(size[1] - bh + 1))
         pixels = pixels[top:top + bh, left:left + bw].copy()

@@ -272,23 +272,34 @@ class PixelSDXL(ModelMixin, ConfigMixin):
         self.body.load_state_dict(self.body.state_dict_from_unet(state_dict), strict=True)
 
 
-def pixel_sdxl_from_preset(name: str, *, context_dim: int | None = None, pooled_dim: int | None = None,
-                           **overrides) -> PixelSDXL:
-    """A :class:`PixelSDXL` from a :data:`PIXEL_SDXL_PRESETS` entry.
-
-    ``context_dim``/``pooled_dim`` set the U-Net's ``cross_attention_dim`` and its ``text_time`` input
-    (``pooled_dim + 6 * addition_time_embed_dim``) for other text encoders; ``overrides`` replace top-level
-    keys, and a ``unet_config`` override is merged into the preset's.
-    """
+def _preset(name: str) -> dict:
     if name not in PIXEL_SDXL_PRESETS:
         raise KeyError(f"unknown pixel-SDXL preset {name!r}; known: {', '.join(PIXEL_SDXL_PRESETS)}")
-    unknown = set(overrides) - set(inspect.signature(PixelSDXL.__init__).parameters)
-    if unknown:
-        raise ValueError(f"unknown pixel-SDXL config key(s) {sorted(unknown)} in overrides for {name}")
-    preset = PIXEL_SDXL_PRESETS[name]
-    unet = {**preset["unet_config"], **overrides.pop("unet_config", {})}
+    return PIXEL_SDXL_PRESETS[name]
+
+
+def preset_unet_config(name: str, *, context_dim: int | None = None, pooled_dim: int | None = None,
+                       overrides: dict | None = None) -> dict:
+    """The ``UNet2DConditionModel`` config of a :data:`PIXEL_SDXL_PRESETS` entry, merged with ``overrides``,
+    its ``cross_attention_dim`` set to ``context_dim`` and its ``text_time`` input to ``pooled_dim + 6 *
+    addition_time_embed_dim`` (for other text encoders): the whole U-Net whose body the preset keeps (a latent
+    SDXL teacher of that shape is built from it too)."""
+    unet = {**_preset(name)["unet_config"], **(overrides or {})}
     if context_dim is not None:
         unet["cross_attention_dim"] = context_dim
     if pooled_dim is not None:
         unet["projection_class_embeddings_input_dim"] = pooled_dim + 6 * unet["addition_time_embed_dim"]
+    return unet
+
+
+def pixel_sdxl_from_preset(name: str, *, context_dim: int | None = None, pooled_dim: int | None = None,
+                           **overrides) -> PixelSDXL:
+    """A :class:`PixelSDXL` from a :data:`PIXEL_SDXL_PRESETS` entry: its U-Net from :func:`preset_unet_config`
+    (a ``unet_config`` override is merged into the preset's); other ``overrides`` replace top-level keys."""
+    preset = _preset(name)
+    unknown = set(overrides) - set(inspect.signature(PixelSDXL.__init__).parameters)
+    if unknown:
+        raise ValueError(f"unknown pixel-SDXL config key(s) {sorted(unknown)} in overrides for {name}")
+    unet = preset_unet_config(name, context_dim=context_dim, pooled_dim=pooled_dim,
+                              overrides=overrides.pop("unet_config", {}))
     return PixelSDXL(**{**preset, **overrides, "unet_config": unet})

@@ -28,7 +28,9 @@ import torch
 
 from t2i.data.pixel_sdxl_meta import (BucketRule, PixelSDXLDataset, read_metadata, write_caption_metadata,
                                       write_shapes_metadata)
+from t2i.latent.sdxl import LatentSDXLTeacher
 from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
+from t2i.text.sdxl_encoders import ENCODER_ROLES, SDXLTextEncoders
 from t2i.utils.atomic import atomic_write_json
 from t2i.utils.device import default_device
 
@@ -36,98 +38,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "pixel_sdxl"
 METADATA, SUMMARY = "metadata.json", "summary.json"
-UNET, TEXT = "unet", "text_encoders"
-ENCODER_ROLES = ("text_encoder_1", "text_encoder_2")  # also the model folder's components when they train
-
-
-def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
-    """(model folder, tokenizer folder) of one of SDXL's text encoders: a diffusers pipeline folder's
-    ``text_encoder{suffix}/`` and ``tokenizer{suffix}/``, or else the folder itself (a transformers CLIP folder)."""
-    if (folder / "model_index.json").is_file():
-        return folder / f"text_encoder{suffix}", folder / f"tokenizer{suffix}"
-    return folder, folder
-
-
-def _text_model(cls, folder: Path):
-    """``cls.from_pretrained(folder)``, which may be a whole ``CLIPModel`` folder: its vision tower is left
-    out without transformers' per-tensor report; a missing text tensor is an error."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(level)
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ValueError(f"{folder}: no {cls.__name__} weights for {len(missing)} tensors, e.g. {missing[:3]}")
-    return model
-
-
-class SDXLTextEncoders(torch.nn.Module):
-    """SDXL's two CLIP text encoders: captions -> ``(context [B, L, D1 + D2], pooled [B, P])``.
-
-    Captions are padded to ``max_length`` and encoded without an attention mask, as SDXL does; the
-    context is both encoders' penultimate hidden states concatenated, the pooled vector TE2's
-    ``text_embeds``.
-    """
-
-    def __init__(self, te1, tokenizer1, te2, tokenizer2, max_length: int):
-        super().__init__()
-        self.te1, self.te2 = te1, te2
-        self.tokenizers = (tokenizer1, tokenizer2)
-        self.max_length = max_length
-        self.context_dim = te1.config.hidden_size + te2.config.hidden_size
-        self.pooled_dim = te2.config.projection_dim
-
-    @classmethod
-    def load(cls, dir1: Path, dir2: Path, max_length: int | None) -> "SDXLTextEncoders":
-        """``CLIPTextModel`` + tokenizer from ``dir1``, ``CLIPTextModelWithProjection`` + tokenizer from ``dir2``:
-        transformers CLIP folders, or a diffusers SDXL pipeline folder (its ``text_encoder``/``tokenizer``
-        and ``text_encoder_2``/``tokenizer_2``).
-
-        ``max_length`` None: the shorter tokenizer's ``model_max_length``; it may not exceed either
-        encoder's ``max_position_embeddings``.
-        """
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
-
-        (model1, tok1), (model2, tok2) = _encoder_folders(Path(dir1), ""), _encoder_folders(Path(dir2), "_2")
-        te1, te2 = _text_model(CLIPTextModel, model1), _text_model(CLIPTextModelWithProjection, model2)
-        tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (tok1, tok2)]
-        if max_length is None:
-            max_length = min(t.model_max_length for t in tokenizers)
-        for role, te, tok in (("text_encoder_1", te1, tokenizers[0]), ("text_encoder_2", te2, tokenizers[1])):
-            if max_length > te.config.max_position_embeddings:
-                raise ValueError(f"text.max_length {max_length} exceeds {role}'s max_position_embeddings "
-                                 f"{te.config.max_position_embeddings}")
-            if tok.pad_token is None:
-                raise ValueError(f"inputs.{role}: its tokenizer has no pad token (SDXL pads every caption)")
-        return cls(te1.eval().requires_grad_(False), tokenizers[0], te2.eval().requires_grad_(False), tokenizers[1],
-                   max_length)
-
-    def _ids(self, which: int, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizers[which](list(captions), padding="max_length", max_length=self.max_length,
-                                     truncation=True, return_tensors="pt")["input_ids"]
-        return ids.to(next(self.parameters()).device)
-
-    def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
-            h1 = self.te1(input_ids=self._ids(0, captions), output_hidden_states=True).hidden_states[-2]
-            out2 = self.te2(input_ids=self._ids(1, captions), output_hidden_states=True)
-        return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
-
-    def save_pretrained(self, out_dir: Path, weights: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
-        """Both encoders with their tokenizers as CLIP folders ``out_dir/text_encoder_{1,2}`` (``weights``: a
-        state dict of this module to save instead of its own); returns the component classes for the index."""
-        components = {}
-        for i, (role, te) in enumerate(((ENCODER_ROLES[0], self.te1), (ENCODER_ROLES[1], self.te2))):
-            prefix = f"te{i + 1}."
-            state = None if weights is None else {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            te.save_pretrained(Path(out_dir) / role, state_dict=state)
-            self.tokenizers[i].save_pretrained(Path(out_dir) / role)
-            components[role] = f"{type(te).__module__}:{type(te).__qualname__}"
-        return components
+UNET, TEXT, TEACHER = "unet", "text_encoders", "teacher"
 
 
 def _is_shapes(dataset: Path) -> bool:
@@ -218,6 +129,79 @@ class PixelSDXLTask:
         model.load_state_dict(weights[UNET])
         saved = self.modules[TEXT].save_pretrained(out_dir, weights[TEXT]) if TEXT in self.modules else {}
         save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta, saved_components=saved)
+
+
+class PixelSDXLDistillTask:
+    """One pass of the original's ``train_encoder_decoder_distillation.py``: the patch ``encoder`` learns the
+    latent teacher's features at the cut from noisy pixels, or the patch ``decoder`` learns clean pixels from
+    them; nothing else trains (the body is not run).
+
+    Teacher and student see the same images at the same noise level: the student ``x_t = (1 - t) x0 + t e``
+    (its body's timestep ``t * 999``), the teacher its own forward process at ``tau = round(t * 999)`` on the
+    VAE latents of the same ``x0`` (the original feeds the teacher clean latents). The teacher is conditioned
+    with the experiment's text encoders (SDXL's own, in the SDXL configs).
+    """
+
+    def __init__(self, model, encoders: SDXLTextEncoders, teacher, exp: dict, meta: dict):
+        from t2i.models import public_config
+        from t2i.models.pixel_sdxl import CUTS
+        from t2i.train.task import OptimizerSpec
+
+        t, self.loss, self.part = exp["train"], exp["loss"], exp["distill"]["part"]
+        self.model, self.teacher, self.meta, self.accumulate = model, teacher, meta, t["accumulate"]
+        self.removed_levels = CUTS[model.config.base_resolution]
+        factor = teacher.vae_factor * 2 ** self.removed_levels
+        if factor != model.config.patch_size:
+            raise ValueError(f"inputs.teacher: its VAE (x{teacher.vae_factor}) and the cut's {self.removed_levels} "
+                             f"level(s) put the cut at 1/{factor} of the image; the patch size is "
+                             f"{model.config.patch_size}")
+        self.name = f"patch_{self.part}"
+        self.modules, self.frozen, self.ema = {self.name: getattr(model, self.name)}, {TEXT: encoders, TEACHER: teacher}, []
+        self.optimizers = {self.name: OptimizerSpec([{"params": list(self.modules[self.name].parameters())}],
+                                                    lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                                                    weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
+                                                    grad_clip=t["grad_clip"], kind=t["optimizer"])}
+        self.identity = {"unet": public_config(model), "distill": self.part, "loss": self.loss, "data": exp["data"],
+                         "text_max_length": encoders.max_length}
+
+    def step(self, batch: dict, step: int, ctx) -> dict[str, torch.Tensor]:
+        from t2i.diffusion.pixel_sdxl import add_noise, model_timesteps, sample_timesteps, x0_loss
+        from t2i.models.pixel_sdxl import patchify, unpatchify
+
+        L, x0, P = self.loss, batch["image"], self.model.config.patch_size
+        self.model.check_size(*x0.shape[-2:])
+        t = sample_timesteps(x0.shape[0], uniform=L["timesteps"] == "uniform", mean=L["logit_mean"],
+                             std=L["logit_std"], device=x0.device)
+        teacher = ctx.module(TEACHER)
+        tau = model_timesteps(t).round().long()
+        z0 = teacher.latents(x0)
+        z_t = teacher.add_noise(z0, torch.randn_like(z0), tau)
+        context, pooled = ctx.module(TEXT)(batch["caption"])
+        features = teacher.cut_features(z_t, tau, context, pooled, batch["time_ids"], self.removed_levels, self.part)
+        if self.part == "encoder":
+            inputs, target = patchify(add_noise(x0, torch.randn_like(x0), t, L["noise_scale"]), P), features
+        else:
+            inputs, target = features.to(x0.dtype), x0
+        student, n = ctx.module(self.name), x0.shape[0]
+        total, size = torch.zeros((), device=x0.device), -(-n // self.accumulate)
+        for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
+            part = slice(start, start + size)
+            pred = student(inputs[part])
+            pred = pred if self.part == "encoder" else unpatchify(pred, P)
+            if pred.shape[1:] != target.shape[1:]:
+                raise ValueError(f"the patch {self.part} gives {tuple(pred.shape[1:])}, the teacher's cut "
+                                 f"{tuple(target.shape[1:])}: the teacher's U-Net is not the shape of the student's body")
+            loss = x0_loss(pred, target[part]) * (pred.shape[0] / n)
+            ctx.backward(loss)
+            total += loss.detach()
+        ctx.optimizer_step(self.name)
+        return {"loss": total}
+
+    def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
+        from t2i.models.folder import save_model_folder
+
+        getattr(self.model, self.name).load_state_dict(weights[self.name])
+        save_model_folder(out_dir, SYSTEM, {UNET: self.model}, self.meta)
 
 
 def encoder_folders(inputs: dict[str, Path]) -> list[Path]:
@@ -338,7 +322,7 @@ class PixelSDXLSystem:
         summary = json.loads((inputs["prepared"] / SUMMARY).read_text(encoding="utf-8"))
         metadata = read_metadata(inputs["prepared"] / METADATA, rule=BucketRule(**summary["rule"]))
         dataset = PixelSDXLDataset(metadata, seed=t["seed"], caption_drop=d["caption_drop"], max_drop=d["tag_drop"],
-                                   min_tags=d["min_tags"])
+                                   min_tags=d["min_tags"], flip=d["flip"])
         encoders = SDXLTextEncoders.load(inputs["text_encoder_1"], inputs["text_encoder_2"], exp["text"]["max_length"])
         torch.manual_seed(t["seed"])  # initial weights are part of what the seed fixes
         model = pixel_sdxl_from_preset(m["preset"], context_dim=encoders.context_dim, pooled_dim=encoders.pooled_dim,
@@ -347,13 +331,20 @@ class PixelSDXLSystem:
         if bad:
             raise ValueError(f"buckets {', '.join(bad)} are not multiples of the model's {model.size_multiple} px "
                              f"(patch x downsampling); set prepare.bucket_multiple to a multiple of it")
+        teacher = LatentSDXLTeacher.load(inputs["teacher"]) if "teacher" in inputs else None
         if "init" in inputs:
             log.info(f"initial weights from {inputs['init']}: {load_initial_weights(model, Path(inputs['init']))}")
+        elif teacher is not None:  # the original's student starts from the teacher's SDXL
+            model.load_sdxl_unet(teacher.unet.state_dict())
+            log.info(f"body from the teacher's U-Net ({inputs['teacher']})")
         if t["gradient_checkpointing"]:
             model.enable_gradient_checkpointing()
         (w, h), _ = Counter(metadata.buckets[b] for b in metadata.bucket_of).most_common(1)[0]
         meta = {"image_size": [h, w], "noise_scale": exp["loss"]["noise_scale"], "text_max_length": encoders.max_length}
-        task = PixelSDXLTask(model, encoders, exp, meta)
+        if teacher is not None:
+            task = PixelSDXLDistillTask(model, encoders, teacher, exp, meta)
+        else:
+            task = PixelSDXLTask(model, encoders, exp, meta)
         task.batch_sampler = dataset.batch_sampler
         run_training(task, dataset, {k: t[k] for k in TRAIN_DEFAULTS}, out_dir, inputs=inputs)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from t2i.checkpoints.hashing import sha256_file, write_sha256sums
+from t2i.checkpoints.hashing import sha256_file
+from t2i.checkpoints.recipes import finish_recipe
 from t2i.data.shapes import PALETTE, SHAPES, SIZES
 from t2i.eval.image_folder import iter_batches
 from t2i.train.optim import decay_groups
 from t2i.train.state import StepKeyedBatchSampler
 from t2i.train.task import OptimizerSpec
 from t2i.utils.atomic import atomic_write_json, atomic_write_text, read_jsonl
-from t2i.utils.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -360,9 +359,5 @@ def train_shapes_clip(dataset_dir: str | Path, out_dir: str | Path, cfg: dict) -
     # transformers 4 (and diffusers) read these: preprocessor_config.json, vocab.json, merges.txt
     processor.image_processor.save_pretrained(out_dir)
     save_tokenizer_files(tokenizer, out_dir)
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    shutil.rmtree(work)
-    write_provenance(out_dir, cfg, seeds={"train": cfg["seed"]}, wall_time_s=time.time() - start,
-                     extra={"dataset_dir": str(dataset_dir)})
-    write_sha256sums(out_dir)
+    finish_recipe(work, out_dir, metrics, cfg, start, dataset_dir)
     return metrics
