@@ -23,7 +23,7 @@ EXP = {
     "data": {"caption_drop": 0.1, "tag_drop": 0.5, "min_tags": 3, "flip": True},
     "text": {"max_length": 24},
     "model": {"preset": "shapes32", "overrides": TINY},
-    "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8,
+    "loss": {"objective": "velocity", "timesteps": "logit_normal", "logit_mean": 0.8, "logit_std": 0.8, "lpips_weight": 0.0,
              "noise_scale": 1.0},
     "train": {"steps": 6, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "lr_sdxl_unet_body": 1e-4,
               "lr_text_encoder1": 0.0, "lr_text_encoder2": 0.0, "optimizer": "adamw",
@@ -206,6 +206,36 @@ def test_a_text_encoder_with_a_learning_rate_trains_and_is_sampled_with(inputs, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal; on CUDA adamw8bit may run")
+def test_the_lpips_term_is_the_originals_and_needs_its_two_weight_files(inputs, tmp_path):
+    import torch.nn.functional as F
+
+    from t2i.checkpoints.hashing import write_sha256sums
+    from t2i.models.lpips import LPIPS
+    from t2i.systems.pixel_sdxl import PixelSDXLSystem, lpips_term
+    from test_lpips import lin_state_dict, torchvision_layout_state_dict
+
+    torch.manual_seed(1)
+    source = LPIPS()
+    pred, x0, t = torch.rand(3, 3, 32, 32) * 2.4 - 1.2, torch.rand(3, 3, 32, 32) * 2 - 1, torch.tensor([0.1, 0.5, 1.0])
+    halve = lambda x: F.avg_pool2d(x.clamp(-1, 1), 2)  # bilinear halving of an even size = 2x2 mean
+    expected = ((1 - t) * source(halve(pred), halve(x0))).mean()
+    torch.testing.assert_close(lpips_term(source, pred, x0, t), expected, rtol=1e-5, atol=1e-7)
+    assert lpips_term(source, x0, x0, t).item() == 0
+
+    exp = _exp(loss={"lpips_weight": 0.05}, train={"steps": 2})
+    with pytest.raises(ValueError, match="needs inputs.lpips_backbone and inputs.lpips_heads"):
+        PixelSDXLSystem().train(exp, inputs, tmp_path / "none")
+    (tmp_path / "trunk").mkdir(), (tmp_path / "heads").mkdir()
+    torch.save(torchvision_layout_state_dict(source), tmp_path / "trunk" / "vgg16-397923af.pth")
+    torch.save(lin_state_dict(source), tmp_path / "heads" / "vgg.pth")
+    write_sha256sums(tmp_path / "trunk"), write_sha256sums(tmp_path / "heads")
+    out = tmp_path / "lpips"
+    PixelSDXLSystem().train(exp, {**inputs, "lpips_backbone": tmp_path / "trunk", "lpips_heads": tmp_path / "heads"},
+                            out)
+    rows = [json.loads(line) for line in (out / "model/train_log.jsonl").read_text().splitlines()]
+    assert rows and all(r["lpips"] > 0 for r in rows)
+
+
 def test_adamw8bit_without_cuda_stops_with_one_message_before_any_step(inputs, tmp_path):
     with pytest.raises(RuntimeError, match="adamw8bit"):
         _train(inputs, tmp_path / "bnb", optimizer="adamw8bit")

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "pixel_sdxl"
 METADATA, SUMMARY = "metadata.json", "summary.json"
-UNET, TEXT, TEACHER = "unet", "text_encoders", "teacher"
+UNET, TEXT, TEACHER, LPIPS_NAME = "unet", "text_encoders", "teacher", "lpips"
+LPIPS_ROLES = ("lpips_backbone", "lpips_heads")  # torchvision's vgg16-397923af.pth, lpips' weights/v0.1/vgg.pth
 
 
 def _is_shapes(dataset: Path) -> bool:
@@ -77,10 +78,36 @@ def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None)
                          grad_clip=train["grad_clip"], kind=train["optimizer"])
 
 
+def lpips_term(lpips, pred: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The original's LPIPS term: LPIPS (VGG) of the clamped prediction and the target, both bilinearly
+    halved, weighted per image by ``1 - t`` and averaged."""
+    import torch.nn.functional as F
+
+    half = [F.interpolate(x.clamp(-1, 1), scale_factor=0.5, mode="bilinear", align_corners=False) for x in (pred, x0)]
+    return ((1 - t.float()) * lpips(*half)).mean()
+
+
+def load_lpips(inputs: dict[str, Path]):
+    """LPIPS from the roles' two files (each role's folder holds one ``.pth``: a fetched asset)."""
+    from t2i.models.lpips import LPIPS
+
+    missing = [r for r in LPIPS_ROLES if r not in inputs]
+    if missing:
+        raise ValueError(f"loss.lpips_weight > 0 needs inputs.{' and inputs.'.join(missing)} (the LPIPS weights, "
+                         f"fetched as assets; see configs/pixel_sdxl.yaml)")
+    files = []
+    for role in LPIPS_ROLES:
+        found = sorted(Path(inputs[role]).glob("*.pth"))
+        if len(found) != 1:
+            raise ValueError(f"inputs.{role}: {inputs[role]} holds {len(found)} .pth files, not one")
+        files += found
+    return LPIPS.from_files(*files)
+
+
 class PixelSDXLTask:
     """The full-training step: encode the batch's captions, noise the images, predict x0, one AdamW step."""
 
-    def __init__(self, model, encoders: SDXLTextEncoders, exp: dict, meta: dict):
+    def __init__(self, model, encoders: SDXLTextEncoders, exp: dict, meta: dict, lpips=None):
         from t2i.models import public_config
         from t2i.train.task import EMASpec
 
@@ -92,6 +119,8 @@ class PixelSDXLTask:
         else:
             self.modules, self.frozen = {UNET: model}, {TEXT: encoders}
             self.optimizers = {UNET: optimizer_spec(model, t)}
+        if lpips is not None:
+            self.frozen[LPIPS_NAME] = lpips
         self.ema = [EMASpec(UNET, decays=list(t["ema_decays"]))] if t["ema_decays"] else []
         self.accumulate = t["accumulate"]
         self.identity = {"unet": public_config(model), "loss": self.loss, "data": exp["data"],
@@ -109,17 +138,25 @@ class PixelSDXLTask:
         t = sample_timesteps(n, uniform=L["timesteps"] == "uniform", mean=L["logit_mean"], std=L["logit_std"],
                              device=x0.device)
         x_t = add_noise(x0, torch.randn_like(x0), t, L["noise_scale"])
-        unet, total, size = ctx.module(UNET), torch.zeros((), device=x0.device), -(-n // self.accumulate)
+        unet, size = ctx.module(UNET), -(-n // self.accumulate)
+        totals = {"loss": torch.zeros((), device=x0.device)}
+        if L["lpips_weight"] > 0:
+            totals["lpips"] = torch.zeros((), device=x0.device)
         for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
             part = slice(start, start + size)
             context, pooled = encode(captions[part]) if whole is None else (whole[0][part], whole[1][part])
             pred = unet(x_t[part], model_timesteps(t[part]), context, pooled, time_ids[part])
             loss = velocity_loss(pred, x0[part], t[part]) if L["objective"] == "velocity" else x0_loss(pred, x0[part])
+            terms = {"loss": loss}
+            if L["lpips_weight"] > 0:
+                terms["lpips"] = lpips_term(ctx.module(LPIPS_NAME), pred, x0[part], t[part])
+                loss = loss + L["lpips_weight"] * terms["lpips"]
             weight = pred.shape[0] / n
             ctx.backward(loss * weight)
-            total += loss.detach() * weight
+            for k, v in terms.items():
+                totals[k] += v.detach() * weight
         ctx.optimizer_step(UNET)
-        return {"loss": total}
+        return totals
 
     def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
         from t2i.models.folder import save_model_folder
@@ -344,7 +381,8 @@ class PixelSDXLSystem:
         if teacher is not None:
             task = PixelSDXLDistillTask(model, encoders, teacher, exp, meta)
         else:
-            task = PixelSDXLTask(model, encoders, exp, meta)
+            lpips = load_lpips(inputs) if exp["loss"]["lpips_weight"] > 0 else None
+            task = PixelSDXLTask(model, encoders, exp, meta, lpips)
         task.batch_sampler = dataset.batch_sampler
         run_training(task, dataset, {k: t[k] for k in TRAIN_DEFAULTS}, out_dir, inputs=inputs)
 

@@ -1,0 +1,131 @@
+"""Pixel-space SDXL's whole chain on Shapes, with the Shapes accuracy after every stage and its untrained control.
+
+    python benchmarks/pixel_sdxl_chain.py --workdir DIR [--configfile extra.yaml] [--steps-scale 1.0]
+
+Runs ``configs/shapes_pixel_sdxl_chain.yaml`` (merged over ``config.yaml`` and ``--configfile``) through the
+stage functions the workflow's rules call, in the DAG's order: the dataset, the trained assets (Shapes CLIP,
+Shapes VAE, the latent SDXL teacher), then for each experiment of the chain prepare, train, sample (``test``
+prompts) and the Shapes detector's scores. It calls those functions directly instead of Snakemake (so it
+also runs on a GPU machine without the workflow's scheduler) and reuses whatever DIR already holds.
+``--steps-scale`` multiplies every stage's and asset's training steps (not the dataset's size).
+
+Prints one JSON line per job: its wall time; the teacher's epsilon MSE (trained vs untrained); per experiment
+the whole-prompt and object accuracy and the single-object prompt accuracy (colour and shape); and the same
+for the last experiment's network untrained (every component re-initialised with the training seed, sampled
+the same way) as the control.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scaled(cfg: dict, scale: float) -> None:
+    for asset in cfg["pretrained"].values():
+        if asset["source"] == "trained" and "steps" in asset:
+            asset["steps"] = max(1, round(asset["steps"] * scale))
+    for exp in cfg["experiments"].values():
+        if "train" in exp and "steps" in exp["train"]:
+            t = exp["train"]
+            t["steps"] = max(1, round(t["steps"] * scale))
+            if t.get("snapshot_every"):
+                t["snapshot_every"] = max(1, round(t["snapshot_every"] * scale))
+
+
+def _scores(samples: Path, prompts_jsonl: Path) -> dict:
+    from t2i.eval.shapes import score_folder
+
+    agg = score_folder(samples, prompts_jsonl)["aggregate"]
+    return {"prompt_acc": agg["prompt_acc"], "object_acc": agg["object_acc"],
+            "single_prompt_acc": agg["by_type"].get("single", {}).get("prompt_acc"), "n": agg["n"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--configfile", type=Path, action="append", default=[])
+    ap.add_argument("--steps-scale", type=float, default=1.0)
+    args = ap.parse_args()
+
+    from t2i import workflow as wf
+    from t2i.checkpoints.assemble import assemble_asset
+    from t2i.checkpoints.hashing import write_sha256sums
+    from t2i.config import load_config
+    from t2i.data.build import build_dataset
+    from t2i.jobs import verified_inputs
+    from t2i.systems import get_system
+    from t2i.utils.atomic import atomic_dir, read_jsonl
+
+    cfg = load_config(ROOT / "config.yaml", ROOT / "configs" / "shapes_pixel_sdxl_chain.yaml", *args.configfile)
+    _scaled(cfg, args.steps_scale)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.workdir)
+    results = Path(wf.RESULTS)
+
+    def timed(label: str, fn, *a, **kw):
+        start = time.time()
+        out = fn(*a, **kw)
+        print(json.dumps({"stage": label, "wall_s": round(time.time() - start, 1)}), flush=True)
+        return out
+
+    datasets = {cfg["experiments"][e]["dataset"] for e in cfg["run"]}
+    for name in sorted(datasets):
+        if not Path(wf.dataset_done(name)).is_file():
+            timed(f"dataset {name}", build_dataset, wf.dataset_config(cfg, name), results / "datasets" / name)
+
+    def asset(name: str) -> None:
+        for dep in wf.asset_dependencies(cfg, name):
+            if dep != "dataset":
+                asset(wf.asset_config(cfg, name)[dep])
+        if not (results / "pretrained" / name).is_dir():
+            timed(f"asset {name}", assemble_asset, name, wf.asset_config(cfg, name), results / "pretrained" / name)
+
+    for name in ("shapes-clip", "shapes-sdxl"):
+        asset(name)
+    teacher = json.loads((results / "pretrained" / "shapes-sdxl" / "metrics.json").read_text())
+    print(json.dumps({"teacher_eps_mse": teacher["eps_mse"], "untrained": teacher["eps_mse_untrained"]}), flush=True)
+
+    def sample(exp_name: str, inputs: dict, samples: Path) -> dict:
+        exp = wf.stage_experiment(cfg, exp_name, "sample")
+        prompts_jsonl = Path(inputs["dataset"]) / "prompts" / "test.jsonl"
+        if not samples.is_dir():
+            with atomic_dir(samples) as out:
+                timed(f"sample {samples.parent.parent.name}", get_system(exp["system"]).sample, exp, inputs,
+                      read_jsonl(prompts_jsonl), out)
+        return _scores(samples, prompts_jsonl)
+
+    for exp_name in cfg["run"]:
+        system = get_system(cfg["experiments"][exp_name]["system"])
+        base = results / exp_name
+        prepared = base / "prepared"
+        if not prepared.is_dir():
+            with atomic_dir(prepared) as out:
+                system.prepare(wf.stage_experiment(cfg, exp_name, "prepare"),
+                               verified_inputs(wf.stage_inputs(cfg, exp_name, "prepare")), out)
+                write_sha256sums(out)
+        if not Path(wf.model_dir(exp_name)).is_dir():
+            timed(f"train {exp_name}", system.train, wf.stage_experiment(cfg, exp_name, "train"),
+                  verified_inputs(wf.stage_inputs(cfg, exp_name, "train")), base / "train")
+        inputs = verified_inputs(wf.stage_inputs(cfg, exp_name, "sample"))
+        print(json.dumps({"experiment": exp_name, **sample(exp_name, inputs, base / "samples" / "test")}), flush=True)
+
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from shapes_default import untrained_model
+
+    last = cfg["run"][-1]
+    control = results / "controls" / last
+    if not (control / "model").is_dir():
+        untrained_model(Path(wf.model_dir(last)), control / "model", seed=0)
+    inputs = {**verified_inputs(wf.stage_inputs(cfg, last, "sample")), "model": control / "model"}
+    print(json.dumps({"experiment": f"{last} untrained", **sample(last, inputs, control / "samples" / "test")}),
+          flush=True)
+
+if __name__ == "__main__":
+    main()
