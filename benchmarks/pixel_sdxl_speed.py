@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="convolutions in channels_last memory format")
+    ap.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of two timed steps")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
@@ -50,6 +52,8 @@ def main() -> None:
     torch.manual_seed(0)
     with dev:  # initialised on the GPU: 2.6 B parameters take minutes on a CPU
         model = pixel_sdxl_from_preset(args.preset)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     body = [p for n, p in model.named_parameters() if n.startswith("body.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("body.")]
@@ -58,6 +62,8 @@ def main() -> None:
     B, S = args.batch, args.size
     ctx_dim, pooled_dim = model.context_dim, model.pooled_dim
     x0 = torch.rand(B, 3, S, S, device=dev) * 2 - 1
+    if args.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
     context = torch.randn(B, 77, ctx_dim, device=dev)
     pooled = torch.randn(B, pooled_dim, device=dev)
     time_ids = torch.tensor([[S, S, 0, 0, S, S]], dtype=torch.float32, device=dev).expand(B, -1)
@@ -98,11 +104,21 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(2):
+                forward_backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
     peak = peak_flops()
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
         "parameters": params, "image_size": S, "batch": B, "checkpointing": not args.no_checkpointing,
-        "compile": args.compile, "step_s": round(step_s, 4), "images_per_s": round(B / step_s, 3),
+        "compile": args.compile, "channels_last": args.channels_last, "step_s": round(step_s, 4), "images_per_s": round(B / step_s, 3),
         "model_tflop_per_step": round(flops / 1e12, 2), "achieved_tflops": round(flops / step_s / 1e12, 1),
         "mfu": round(flops / step_s / peak, 4) if peak else None, "peak_bf16_tflops": peak / 1e12 if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2), "last_loss": loss.item(),
