@@ -1,11 +1,12 @@
 """Full-training speed of pixel-space SDXL's real network on one GPU: images/s, MFU and peak memory.
 
-    python benchmarks/pixel_sdxl_speed.py [--preset paper64] [--size 1024] [--batch 4] [--steps 10]
-                                          [--no-checkpointing] [--compile]
+    python benchmarks/pixel_sdxl_speed.py [--preset paper64] [--size 1024] [--batch 4] [--accumulate 1]
+                                          [--steps 10] [--no-checkpointing] [--compile]
 
 The step is the full-training stage's own (``t2i.systems.pixel_sdxl.PixelSDXLTask``'s arithmetic: x0
 prediction on ``x_t``, the velocity loss, one AdamW step over the two learning-rate groups, gradient clipping
-1.0) on the preset's whole network (SDXL's U-Net body at base resolution 64 between the patch encoder and
+1.0; with ``--accumulate N`` each optimizer step takes N micro-batches of ``--batch`` images, as the
+README's full training does with 4 x 12) on the preset's whole network (SDXL's U-Net body at base resolution 64 between the patch encoder and
 decoder: 2.58 B parameters), randomly initialised (speed does not depend on the weights), bf16 autocast with
 fp32 master weights. Text conditioning is a random ``[B, 77, 2048]`` context and ``[B, 1280]`` pooled vector:
 the frozen text encoders run once per batch outside the U-Net and are not timed.
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--preset", default="paper64")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-checkpointing", action="store_true")
@@ -75,7 +77,15 @@ def main() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             pred = net(x_t, model_timesteps(t), context, pooled, time_ids)
         loss = velocity_loss(pred, x0, t)
-        loss.backward()
+        (loss / args.accumulate).backward()
+        return loss
+
+    def train_step() -> torch.Tensor:
+        for _ in range(args.accumulate):
+            loss = forward_backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         return loss
 
     # model FLOPs: one forward + backward without recomputation
@@ -84,24 +94,18 @@ def main() -> None:
     counter = FlopCounterMode(display=False)
     with counter:
         forward_backward()
-    flops = counter.get_total_flops()
+    flops = counter.get_total_flops() * args.accumulate  # per optimizer step
     opt.zero_grad(set_to_none=True)
 
     if not args.no_checkpointing:
         model.enable_gradient_checkpointing()
     torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
-        forward_backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        loss = forward_backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step()
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps
     if args.profile:
@@ -109,16 +113,14 @@ def main() -> None:
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(2):
-                forward_backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                train_step()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
     peak = peak_flops()
     result = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "preset": args.preset,
-        "parameters": params, "image_size": S, "batch": B, "checkpointing": not args.no_checkpointing,
-        "compile": args.compile, "channels_last": args.channels_last, "step_s": round(step_s, 4), "images_per_s": round(B / step_s, 3),
+        "parameters": params, "image_size": S, "batch": B, "accumulate": args.accumulate, "checkpointing": not args.no_checkpointing,
+        "compile": args.compile, "channels_last": args.channels_last, "step_s": round(step_s, 4), "images_per_s": round(B * args.accumulate / step_s, 3),
         "model_tflop_per_step": round(flops / 1e12, 2), "achieved_tflops": round(flops / step_s / 1e12, 1),
         "mfu": round(flops / step_s / peak, 4) if peak else None, "peak_bf16_tflops": peak / 1e12 if peak else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2), "last_loss": loss.item(),
