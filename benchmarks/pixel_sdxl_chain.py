@@ -9,7 +9,8 @@ prompts) and the Shapes detector's scores. It calls those functions directly ins
 also runs on a GPU machine without the workflow's scheduler) and reuses whatever DIR already holds.
 ``--steps-scale`` multiplies every stage's and asset's training steps (not the dataset's size).
 
-Prints one JSON line per job: its wall time; the teacher's epsilon MSE (trained vs untrained); per experiment
+Prints one JSON line per job: its wall time; the teacher's epsilon MSE (trained vs untrained) and its own Shapes
+accuracy (sampled by diffusers' ``StableDiffusionXLPipeline`` from its folder, 30 Euler steps, CFG 4); per experiment
 the whole-prompt and object accuracy and the single-object prompt accuracy (colour and shape); and the same
 for the last experiment's network untrained (every component re-initialised with the training seed, sampled
 the same way) as the control.
@@ -43,6 +44,25 @@ def _scores(samples: Path, prompts_jsonl: Path) -> dict:
     agg = score_folder(samples, prompts_jsonl)["aggregate"]
     return {"prompt_acc": agg["prompt_acc"], "object_acc": agg["object_acc"],
             "single_prompt_acc": agg["by_type"].get("single", {}).get("prompt_acc"), "n": agg["n"]}
+
+
+def sample_teacher(folder: Path, prompts: list[dict], out_dir: Path) -> None:
+    """The latent SDXL teacher's images for ``prompts`` through diffusers' own SDXL pipeline (one seed per row)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from t2i.systems.sampling import Generated, run_sampling
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(rows: list[dict]) -> Generated:
+        images = pipe([r["prompt"] for r in rows], num_inference_steps=30, guidance_scale=4.0, output_type="pt",
+                      generator=[torch.Generator(device).manual_seed(r["seed"]) for r in rows]).images
+        return Generated(images * 2 - 1)
+
+    run_sampling({"sample": {"num_images": None, "seed": 0, "gen_bsz": 100}}, prompts, out_dir, generate)
 
 
 def main() -> None:
@@ -89,6 +109,13 @@ def main() -> None:
         asset(name)
     teacher = json.loads((results / "pretrained" / "shapes-sdxl" / "metrics.json").read_text())
     print(json.dumps({"teacher_eps_mse": teacher["eps_mse"], "untrained": teacher["eps_mse_untrained"]}), flush=True)
+    prompts_jsonl = Path(wf.dataset_done(cfg["experiments"][cfg["run"][0]]["dataset"])).parent / "prompts" / "test.jsonl"
+    teacher_samples = results / "controls" / "teacher" / "samples" / "test"
+    if not teacher_samples.is_dir():
+        with atomic_dir(teacher_samples) as out:
+            timed("sample teacher", sample_teacher, results / "pretrained" / "shapes-sdxl", read_jsonl(prompts_jsonl), out)
+    print(json.dumps({"experiment": "shapes-sdxl (latent teacher)", **_scores(teacher_samples, prompts_jsonl)}),
+          flush=True)
 
     def sample(exp_name: str, inputs: dict, samples: Path) -> dict:
         exp = wf.stage_experiment(cfg, exp_name, "sample")

@@ -9,7 +9,9 @@ prediction on ``x_t``, the velocity loss, one AdamW step over the two learning-r
 README's full training does with 4 x 12) on the preset's whole network (SDXL's U-Net body at base resolution 64 between the patch encoder and
 decoder: 2.58 B parameters), randomly initialised (speed does not depend on the weights), bf16 autocast with
 fp32 master weights. Text conditioning is a random ``[B, 77, 2048]`` context and ``[B, 1280]`` pooled vector:
-the frozen text encoders run once per batch outside the U-Net and are not timed.
+the frozen text encoders run once per batch outside the U-Net and are not timed, nor is the full stage's
+LPIPS term of configs/pixel_sdxl.yaml (VGG16 at half resolution, with input gradients), so a step with it
+is slower than these figures.
 
 MFU = model FLOPs per step / step time / the GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s). Model FLOPs
 are counted with ``torch.utils.flop_counter`` on one forward and backward without checkpointing, so the

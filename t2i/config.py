@@ -160,13 +160,14 @@ def _check_asset_refs(config: dict) -> None:
         for key, target in refs(name):
             if target not in config["pretrained"]:
                 raise ConfigError(f"pretrained.{name}.{key}: no pretrained asset named {target!r} in `pretrained`")
-        path, todo = [name], [t for _, t in refs(name)]
+    for name in config["pretrained"]:  # every reference exists: follow them
+        seen, todo = {name}, [t for _, t in refs(name)]
         while todo:
             target = todo.pop()
             if target == name:
                 raise ConfigError(f"pretrained.{name}: assets trained from each other in a cycle")
-            if target not in path:
-                path.append(target)
+            if target not in seen:
+                seen.add(target)
                 todo += [t for _, t in refs(target)]
 
 

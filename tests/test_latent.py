@@ -72,6 +72,82 @@ def test_cut_features_are_the_unets_own_at_the_cut(teacher):
     assert not unet.down_blocks[0]._forward_hooks and not unet.up_blocks[1].upsamplers[0]._forward_pre_hooks
 
 
+class _Encoders(torch.nn.Module):
+    """Stands in for SDXLTextEncoders: fixed-width random conditioning."""
+    context_dim, pooled_dim, max_length = CONTEXT, POOLED, 5
+
+    def forward(self, captions):
+        return torch.randn(len(captions), 5, CONTEXT), torch.randn(len(captions), POOLED)
+
+
+class _Ctx:
+    """The loop's StepContext, reduced to what a distillation step uses."""
+
+    def __init__(self, modules):
+        import contextlib
+
+        self.modules = modules
+        self.accelerator = type("Acc", (), {"autocast": staticmethod(contextlib.nullcontext)})()
+
+    def module(self, name):
+        return self.modules[name]
+
+    def backward(self, loss):
+        loss.backward()
+
+    def optimizer_step(self, name):
+        pass
+
+
+def _distill_exp(part: str) -> dict:
+    return {"distill": {"part": part}, "data": {},
+            "loss": {"objective": "x0", "timesteps": "uniform", "logit_mean": 0.8, "logit_std": 0.8,
+                     "noise_scale": 1.0, "lpips_weight": 0.0},
+            "train": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0,
+                      "grad_clip": 1.0, "optimizer": "adamw", "accumulate": 2, "lr_text_encoder1": 0.0,
+                      "lr_text_encoder2": 0.0, "ema_decays": []}}
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_a_distillation_step_feeds_the_teacher_noisy_latents_at_the_students_timestep(teacher, part, monkeypatch,
+                                                                                        tmp_path):
+    """The original's bug: its teacher saw clean latents. Here the teacher's features come from its own
+    add_noise of the batch's latents at tau = round(t * 999), t the student's; only the pass's part learns."""
+    import t2i.diffusion.pixel_sdxl as flow
+    from pixel_sdxl_tiny import tiny
+    from t2i.systems.pixel_sdxl import PixelSDXLDistillTask
+
+    seen = {}
+    for obj, name in ((flow, "sample_timesteps"), (teacher, "latents"), (teacher, "add_noise"),
+                      (teacher, "cut_features")):
+        original = getattr(obj, name)
+
+        def record(*args, _name=name, _fn=original, **kwargs):
+            out = _fn(*args, **kwargs)
+            seen[_name] = (args, out)
+            return out
+        monkeypatch.setattr(obj, name, record)
+    model = tiny(64)
+    task = PixelSDXLDistillTask(model, _Encoders(), teacher, _distill_exp(part), meta={})
+    x0 = torch.rand(4, 3, 32, 32) * 2 - 1
+    batch = {"image": x0, "caption": ["a red circle"] * 4, "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 4)}
+    ctx = _Ctx({**task.modules, **task.frozen})
+    out = task.step(batch, 0, ctx)
+    (_, t), (_, z0), ((z0_in, _, tau), z_t) = seen["sample_timesteps"], seen["latents"], seen["add_noise"]
+    (z_t_in, tau_in, *_), features = seen["cut_features"]
+    assert torch.equal(z0_in, z0) and torch.equal(z_t_in, z_t) and torch.equal(tau_in, tau)
+    assert torch.equal(tau, (t * 999).round().long()) and not torch.allclose(z_t, z0)
+    assert out["loss"] > 0
+    trained = model.patch_encoder if part == "encoder" else model.patch_decoder
+    other = model.patch_decoder if part == "encoder" else model.patch_encoder
+    assert all(p.grad is not None for p in trained.parameters())
+    assert all(p.grad is None for p in [*other.parameters(), *model.body.parameters()])
+    with pytest.raises(ValueError, match="remove train.ema_decays, loss.lpips_weight"):
+        exp = _distill_exp(part)
+        exp["train"]["ema_decays"], exp["loss"]["lpips_weight"] = [0.9], 0.1
+        PixelSDXLDistillTask(model, _Encoders(), teacher, exp, meta={})
+
+
 def test_latents_are_scaled_posterior_samples(teacher):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.manual_seed(3)

@@ -77,11 +77,12 @@ class LatentSDXLTeacher(torch.nn.Module):
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
-    def latents(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> scaled latents ``vae.encode(x).sample() * scaling_factor`` (VAE in float32)."""
+    def latents(self, images: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Images in [-1, 1] -> scaled latents ``vae.encode(x).sample() * scaling_factor`` (VAE in float32;
+        ``sample=False``: the posterior mean)."""
         with torch.autocast(images.device.type, enabled=False):
-            z = self.vae.encode(images.float()).latent_dist.sample()
-        return z * self.vae.config.scaling_factor
+            posterior = self.vae.encode(images.float()).latent_dist
+        return (posterior.sample() if sample else posterior.mode()) * self.vae.config.scaling_factor
 
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``sqrt(abar) z0 + sqrt(1 - abar) noise`` at integer ``timesteps`` ``[B]``."""
@@ -164,9 +165,10 @@ class _LatentSDXLTask:
 @torch.no_grad()
 def denoising_error(teacher: LatentSDXLTeacher, encoders, batch: dict, timesteps=(100, 300, 500, 700, 900),
                     seed: int = 0) -> dict[int, float]:
-    """Epsilon MSE of the teacher at fixed ``timesteps`` on ``batch`` (fixed noise from ``seed``)."""
+    """Epsilon MSE of the teacher at fixed ``timesteps`` on ``batch``'s posterior means (fixed noise from
+    ``seed``): the same inputs for any network and any RNG state."""
     g = torch.Generator().manual_seed(seed)
-    z0 = teacher.latents(batch["image"])
+    z0 = teacher.latents(batch["image"], sample=False)
     noise = torch.randn(z0.shape, generator=g)
     context, pooled = encoders(batch["caption"])
     out = {}

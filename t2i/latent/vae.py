@@ -46,12 +46,25 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
 
 
+class _Reconstruction(torch.nn.Module):
+    """The VAE as one forward (what the loop prepares, so autocast and DDP apply): images -> (reconstruction
+    from a posterior sample, posterior mean, log-variance)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        return self.vae.decode(posterior.sample()).sample, posterior.mean, posterior.logvar
+
+
 class _VAETask:
     """One AdamW step on ``mse(reconstruction) + kl_weight * KL``."""
 
     def __init__(self, vae, cfg: dict, identity: dict):
         self.vae, self.kl_weight = vae, cfg["kl_weight"]
-        self.modules, self.frozen, self.ema = {VAE: vae}, {}, []
+        self.modules, self.frozen, self.ema = {VAE: _Reconstruction(vae)}, {}, []
         self.optimizers = {VAE: OptimizerSpec(decay_groups(vae, 0.01), lr=cfg["lr"], weight_decay=0.01,
                                               warmup_steps=max(1, cfg["steps"] // 20), grad_clip=1.0,
                                               decay="cosine", total_steps=cfg["steps"])}
@@ -59,11 +72,9 @@ class _VAETask:
 
     def step(self, batch: dict, step: int, ctx) -> dict:
         x = batch["image"]
-        vae = ctx.module(VAE)
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        recon, mean, logvar = ctx.module(VAE)(x)
         mse = F.mse_loss(recon.float(), x.float())
-        kl = kl_divergence(posterior.mean.float(), posterior.logvar.float())
+        kl = kl_divergence(mean.float(), logvar.float())
         ctx.backward(mse + self.kl_weight * kl)
         ctx.optimizer_step(VAE)
         return {"loss": mse.detach(), "kl": kl.detach()}
@@ -72,7 +83,7 @@ class _VAETask:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_config(self.vae.config)
-        vae.load_state_dict(weights[VAE])
+        vae.load_state_dict({k[len("vae."):]: v for k, v in weights[VAE].items()})
         vae.save_pretrained(out_dir)
 
 

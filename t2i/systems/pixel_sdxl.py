@@ -133,7 +133,12 @@ class PixelSDXLTask:
         L, x0, time_ids, captions = self.loss, batch["image"], batch["time_ids"], batch["caption"]
         encode = ctx.module(TEXT)
         # Frozen encoders: once for the whole batch. Trained ones: per micro-batch, as each backward frees its graph.
-        whole = None if TEXT in self.modules else encode(captions)
+        autocast = ctx.accelerator.autocast  # for the frozen modules, which are not prepared
+        if TEXT not in self.modules:
+            with autocast():
+                whole = encode(captions)
+        else:
+            whole = None
         n = x0.shape[0]
         t = sample_timesteps(n, uniform=L["timesteps"] == "uniform", mean=L["logit_mean"], std=L["logit_std"],
                              device=x0.device)
@@ -141,7 +146,7 @@ class PixelSDXLTask:
         unet, size = ctx.module(UNET), -(-n // self.accumulate)
         totals = {"loss": torch.zeros((), device=x0.device)}
         if L["lpips_weight"] > 0:
-            totals["lpips"] = torch.zeros((), device=x0.device)
+            totals["loss_lpips"] = torch.zeros((), device=x0.device)
         for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
             part = slice(start, start + size)
             context, pooled = encode(captions[part]) if whole is None else (whole[0][part], whole[1][part])
@@ -149,8 +154,9 @@ class PixelSDXLTask:
             loss = velocity_loss(pred, x0[part], t[part]) if L["objective"] == "velocity" else x0_loss(pred, x0[part])
             terms = {"loss": loss}
             if L["lpips_weight"] > 0:
-                terms["lpips"] = lpips_term(ctx.module(LPIPS_NAME), pred, x0[part], t[part])
-                loss = loss + L["lpips_weight"] * terms["lpips"]
+                with autocast():
+                    terms["loss_lpips"] = lpips_term(ctx.module(LPIPS_NAME), pred, x0[part], t[part])
+                loss = loss + L["lpips_weight"] * terms["loss_lpips"]
             weight = pred.shape[0] / n
             ctx.backward(loss * weight)
             for k, v in terms.items():
@@ -173,10 +179,12 @@ class PixelSDXLDistillTask:
     latent teacher's features at the cut from noisy pixels, or the patch ``decoder`` learns clean pixels from
     them; nothing else trains (the body is not run).
 
-    Teacher and student see the same images at the same noise level: the student ``x_t = (1 - t) x0 + t e``
-    (its body's timestep ``t * 999``), the teacher its own forward process at ``tau = round(t * 999)`` on the
-    VAE latents of the same ``x0`` (the original feeds the teacher clean latents). The teacher is conditioned
-    with the experiment's text encoders (SDXL's own, in the SDXL configs).
+    Teacher and student see the same images at the same timestep: the student ``x_t = (1 - t) x0 + t e`` (its
+    body's timestep ``t * 999``), the teacher its own forward process at ``tau = round(t * 999)`` on the VAE
+    latents of the same ``x0`` (the original feeds the teacher clean latents); the two schedules' noise levels
+    differ, as the body's time embedding is the teacher's. The teacher is conditioned with the experiment's text
+    encoders (SDXL's own, in the SDXL configs) and runs under the training's autocast. Settings of full
+    training that a pass would ignore (text encoder or EMA learning, LPIPS, the velocity loss) are refused.
     """
 
     def __init__(self, model, encoders: SDXLTextEncoders, teacher, exp: dict, meta: dict):
@@ -185,7 +193,18 @@ class PixelSDXLDistillTask:
         from t2i.train.task import OptimizerSpec
 
         t, self.loss, self.part = exp["train"], exp["loss"], exp["distill"]["part"]
-        self.model, self.teacher, self.meta, self.accumulate = model, teacher, meta, t["accumulate"]
+        ignored = {"train.lr_text_encoder1": t["lr_text_encoder1"] > 0, "train.lr_text_encoder2": t["lr_text_encoder2"] > 0,
+                   "train.ema_decays": bool(t["ema_decays"]), "loss.lpips_weight": self.loss["lpips_weight"] > 0,
+                   "loss.objective: velocity": self.loss["objective"] != "x0"}
+        if any(ignored.values()):
+            raise ValueError(f"a distillation pass (inputs.teacher) trains the patch {self.part} on an MSE alone; "
+                             f"remove {', '.join(k for k, v in ignored.items() if v)}")
+        unet = teacher.unet.config
+        teacher_pooled = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
+        if (unet.cross_attention_dim, teacher_pooled) != (encoders.context_dim, encoders.pooled_dim):
+            raise ValueError(f"inputs.teacher takes context {unet.cross_attention_dim} / pooled {teacher_pooled} wide, "
+                             f"inputs.text_encoder_1/2 give {encoders.context_dim} / {encoders.pooled_dim}")
+        self.model, self.meta, self.accumulate = model, meta, t["accumulate"]
         self.removed_levels = CUTS[model.config.base_resolution]
         factor = teacher.vae_factor * 2 ** self.removed_levels
         if factor != model.config.patch_size:
@@ -213,8 +232,10 @@ class PixelSDXLDistillTask:
         tau = model_timesteps(t).round().long()
         z0 = teacher.latents(x0)
         z_t = teacher.add_noise(z0, torch.randn_like(z0), tau)
-        context, pooled = ctx.module(TEXT)(batch["caption"])
-        features = teacher.cut_features(z_t, tau, context, pooled, batch["time_ids"], self.removed_levels, self.part)
+        with ctx.accelerator.autocast():  # frozen modules are not prepared: the training's precision by hand
+            context, pooled = ctx.module(TEXT)(batch["caption"])
+            features = teacher.cut_features(z_t, tau, context, pooled, batch["time_ids"], self.removed_levels,
+                                            self.part)
         if self.part == "encoder":
             inputs, target = patchify(add_noise(x0, torch.randn_like(x0), t, L["noise_scale"]), P), features
         else:
@@ -236,9 +257,12 @@ class PixelSDXLDistillTask:
 
     def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
         from t2i.models.folder import save_model_folder
+        from t2i.models.pixel_sdxl import PixelSDXL
 
-        getattr(self.model, self.name).load_state_dict(weights[self.name])
-        save_model_folder(out_dir, SYSTEM, {UNET: self.model}, self.meta)
+        model = PixelSDXL.from_config(self.model.config)
+        model.load_state_dict(self.model.state_dict())
+        getattr(model, self.name).load_state_dict(weights[self.name])
+        save_model_folder(out_dir, SYSTEM, {UNET: model}, self.meta)
 
 
 def encoder_folders(inputs: dict[str, Path]) -> list[Path]:
