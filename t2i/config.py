@@ -146,13 +146,18 @@ def _check_evaluation_refs(config: dict, name: str, exp: dict) -> None:
         raise ConfigError(f"{where}.clip_asset: no pretrained asset named {ev['clip_asset']!r} in `pretrained`")
 
 
+def recipe_assets(asset: dict) -> dict[str, str]:
+    """The assets a trained asset's block names for its recipe (:data:`RECIPE_ASSET_KEYS`): key -> asset name."""
+    if asset.get("source") != "trained":
+        return {}
+    return {key: asset[key] for key in RECIPE_ASSET_KEYS.get(asset.get("recipe"), ()) if key in asset}
+
+
 def _check_asset_refs(config: dict) -> None:
-    """A trained asset's dataset and the assets its recipe names (:data:`RECIPE_ASSET_KEYS`) must exist,
-    and assets may not be trained from each other in a cycle."""
+    """A trained asset's dataset and the assets its recipe names must exist, and assets may not be trained
+    from each other in a cycle."""
     def refs(name: str) -> list[tuple[str, str]]:
-        a = config["pretrained"][name]
-        return [(key, a[key]) for key in RECIPE_ASSET_KEYS.get(a.get("recipe"), ()) if key in a] \
-            if a["source"] == "trained" else []
+        return list(recipe_assets(config["pretrained"][name]).items())
 
     for name, asset in config["pretrained"].items():
         if asset["source"] == "trained" and asset["dataset"] not in config["datasets"]:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from t2i.config import EXTRACTOR_ASSETS, RECIPE_ASSET_KEYS, system_spec
+from t2i.config import EXTRACTOR_ASSETS, recipe_assets, system_spec
 
 RESULTS = "results"
 STAGES = ("prepare", "train", "sample", "evaluate")
@@ -59,7 +59,7 @@ def asset_dependencies(config: dict, name: str) -> dict[str, str]:
     if a["source"] != "trained":
         return {}
     return {"dataset": dataset_done(a["dataset"]),
-            **{key: f"{RESULTS}/pretrained/{a[key]}" for key in RECIPE_ASSET_KEYS.get(a["recipe"], ()) if key in a}}
+            **{key: f"{RESULTS}/pretrained/{name}" for key, name in recipe_assets(a).items()}}
 
 
 def prompt_sets(config: dict, exp: str) -> list[str]:

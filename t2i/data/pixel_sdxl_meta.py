@@ -265,8 +265,8 @@ class PixelSDXLDataset(torch.utils.data.Dataset):
     """Items ``(index, step)`` -> ``{"image": [3, h, w] in [-1, 1], "caption": str, "time_ids": [6]}``.
 
     The image is resized (lanczos) to cover its bucket, flipped with probability 0.5 (``flip``, as the
-    original; off where captions name left and right) and randomly cropped to the bucket; ``time_ids`` are SDXL's ``(orig_h, orig_w, crop_top, crop_left,
-    bucket_h, bucket_w)`` with the image file's own size as the original size. The caption is
+    original; off where captions name left and right) and randomly cropped to the bucket; ``time_ids`` are
+    SDXL's ``(orig_h, orig_w, crop_top, crop_left, bucket_h, bucket_w)`` with the image file's own size as the original size. The caption is
     :func:`make_caption` of the item's tags. A padded batch that holds an item twice gives both
     copies the same draws (they share the key).
     """

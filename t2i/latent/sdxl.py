@@ -86,7 +86,7 @@ class LatentSDXLTeacher(torch.nn.Module):
 
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``sqrt(abar) z0 + sqrt(1 - abar) noise`` at integer ``timesteps`` ``[B]``."""
-        abar = self.alphas_cumprod[timesteps].view(-1, *([1] * (z0.ndim - 1)))
+        abar = self.alphas_cumprod.to(z0.device)[timesteps].view(-1, *([1] * (z0.ndim - 1)))
         return abar.sqrt() * z0 + (1 - abar).sqrt() * noise
 
     def unet_kwargs(self, context: torch.Tensor, pooled: torch.Tensor, time_ids: torch.Tensor) -> dict:
@@ -142,7 +142,7 @@ class _LatentSDXLTask:
         self.identity = identity
 
     def step(self, batch: dict, step: int, ctx) -> dict:
-        teacher = self.teacher.to(batch["image"].device)  # its schedule buffer (the loop placed the networks)
+        teacher = self.teacher
         z0 = teacher.latents(batch["image"])
         context, pooled = ctx.module(TEXT)(batch["caption"])
         noise = torch.randn_like(z0)

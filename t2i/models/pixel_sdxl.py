@@ -76,6 +76,13 @@ _SDXL_ONLY = dict(addition_embed_type="text_time", class_embed_type=None, num_cl
                   time_cond_proj_dim=None, center_input_sample=False, attention_type="default")
 
 
+def text_widths(unet_config: dict) -> tuple[int, int]:
+    """``(context, pooled)`` widths an SDXL-shaped ``UNet2DConditionModel`` config takes: its
+    ``cross_attention_dim``, and its ``text_time`` input less the six size numbers' features."""
+    c = unet_config
+    return c["cross_attention_dim"], c["projection_class_embeddings_input_dim"] - 6 * c["addition_time_embed_dim"]
+
+
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``[B, C, H, W] -> [B, C*P*P, H/P, W/P]``, channel index ``c*P*P + py*P + px``."""
     return F.pixel_unshuffle(x, patch_size)
@@ -228,13 +235,12 @@ class PixelSDXL(ModelMixin, ConfigMixin):
     @property
     def context_dim(self) -> int:
         """Width of the text context it takes (``encoder_hidden_states``)."""
-        return self.body.unet_config["cross_attention_dim"]
+        return text_widths(self.body.unet_config)[0]
 
     @property
     def pooled_dim(self) -> int:
-        """Width of the pooled text vector it takes: SDXL's text_time input less the six size numbers' features."""
-        unet = self.body.unet_config
-        return unet["projection_class_embeddings_input_dim"] - 6 * unet["addition_time_embed_dim"]
+        """Width of the pooled text vector it takes (:func:`text_widths`)."""
+        return text_widths(self.body.unet_config)[1]
 
     @property
     def size_multiple(self) -> int:

@@ -72,10 +72,25 @@ def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None)
     params = [[p for n, p in named if not n.startswith("body.")], [p for n, p in named if n.startswith("body.")]]
     if encoders is not None:
         params += [list(encoders.te1.parameters()), list(encoders.te2.parameters())]
-    groups = [{"params": group, "lr_mult": lr / peak} for group, lr in zip(params, lrs)]
-    return OptimizerSpec(groups=groups, lr=peak, betas=tuple(train["betas"]), eps=train["eps"],
+    return adamw_spec([{"params": group, "lr_mult": lr / peak} for group, lr in zip(params, lrs)], peak, train)
+
+
+def adamw_spec(groups: list[dict], lr: float, train: dict):
+    """An :class:`~t2i.train.task.OptimizerSpec` over ``groups`` at ``lr`` with the train block's AdamW settings."""
+    from t2i.train.task import OptimizerSpec
+
+    return OptimizerSpec(groups=groups, lr=lr, betas=tuple(train["betas"]), eps=train["eps"],
                          weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
                          grad_clip=train["grad_clip"], kind=train["optimizer"])
+
+
+def micro_batches(n: int, accumulate: int):
+    """``(rows, weight)`` of each of ``accumulate`` micro-batches of ``n`` items: their losses times ``weight``
+    add up to the whole batch's mean, so each backward adds its share of the whole batch's gradient."""
+    size = -(-n // accumulate)
+    for start in range(0, n, size):
+        rows = slice(start, start + size)
+        yield rows, (min(n, start + size) - start) / n
 
 
 def lpips_term(lpips, pred: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -143,12 +158,11 @@ class PixelSDXLTask:
         t = sample_timesteps(n, uniform=L["timesteps"] == "uniform", mean=L["logit_mean"], std=L["logit_std"],
                              device=x0.device)
         x_t = add_noise(x0, torch.randn_like(x0), t, L["noise_scale"])
-        unet, size = ctx.module(UNET), -(-n // self.accumulate)
+        unet = ctx.module(UNET)
         totals = {"loss": torch.zeros((), device=x0.device)}
         if L["lpips_weight"] > 0:
             totals["loss_lpips"] = torch.zeros((), device=x0.device)
-        for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
-            part = slice(start, start + size)
+        for part, weight in micro_batches(n, self.accumulate):
             context, pooled = encode(captions[part]) if whole is None else (whole[0][part], whole[1][part])
             pred = unet(x_t[part], model_timesteps(t[part]), context, pooled, time_ids[part])
             loss = velocity_loss(pred, x0[part], t[part]) if L["objective"] == "velocity" else x0_loss(pred, x0[part])
@@ -157,7 +171,6 @@ class PixelSDXLTask:
                 with autocast():
                     terms["loss_lpips"] = lpips_term(ctx.module(LPIPS_NAME), pred, x0[part], t[part])
                 loss = loss + L["lpips_weight"] * terms["loss_lpips"]
-            weight = pred.shape[0] / n
             ctx.backward(loss * weight)
             for k, v in terms.items():
                 totals[k] += v.detach() * weight
@@ -189,8 +202,7 @@ class PixelSDXLDistillTask:
 
     def __init__(self, model, encoders: SDXLTextEncoders, teacher, exp: dict, meta: dict):
         from t2i.models import public_config
-        from t2i.models.pixel_sdxl import CUTS
-        from t2i.train.task import OptimizerSpec
+        from t2i.models.pixel_sdxl import CUTS, text_widths
 
         t, self.loss, self.part = exp["train"], exp["loss"], exp["distill"]["part"]
         ignored = {"train.lr_text_encoder1": t["lr_text_encoder1"] > 0, "train.lr_text_encoder2": t["lr_text_encoder2"] > 0,
@@ -199,10 +211,9 @@ class PixelSDXLDistillTask:
         if any(ignored.values()):
             raise ValueError(f"a distillation pass (inputs.teacher) trains the patch {self.part} on an MSE alone; "
                              f"remove {', '.join(k for k, v in ignored.items() if v)}")
-        unet = teacher.unet.config
-        teacher_pooled = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
-        if (unet.cross_attention_dim, teacher_pooled) != (encoders.context_dim, encoders.pooled_dim):
-            raise ValueError(f"inputs.teacher takes context {unet.cross_attention_dim} / pooled {teacher_pooled} wide, "
+        widths = text_widths(teacher.unet.config)
+        if widths != (encoders.context_dim, encoders.pooled_dim):
+            raise ValueError(f"inputs.teacher takes context {widths[0]} / pooled {widths[1]} wide, "
                              f"inputs.text_encoder_1/2 give {encoders.context_dim} / {encoders.pooled_dim}")
         self.model, self.meta, self.accumulate = model, meta, t["accumulate"]
         self.removed_levels = CUTS[model.config.base_resolution]
@@ -213,10 +224,7 @@ class PixelSDXLDistillTask:
                              f"{model.config.patch_size}")
         self.name = f"patch_{self.part}"
         self.modules, self.frozen, self.ema = {self.name: getattr(model, self.name)}, {TEXT: encoders, TEACHER: teacher}, []
-        self.optimizers = {self.name: OptimizerSpec([{"params": list(self.modules[self.name].parameters())}],
-                                                    lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
-                                                    weight_decay=t["weight_decay"], warmup_steps=t["warmup_steps"],
-                                                    grad_clip=t["grad_clip"], kind=t["optimizer"])}
+        self.optimizers = {self.name: adamw_spec([{"params": list(self.modules[self.name].parameters())}], t["lr"], t)}
         self.identity = {"unet": public_config(model), "distill": self.part, "loss": self.loss, "data": exp["data"],
                          "text_max_length": encoders.max_length}
 
@@ -225,7 +233,6 @@ class PixelSDXLDistillTask:
         from t2i.models.pixel_sdxl import patchify, unpatchify
 
         L, x0, P = self.loss, batch["image"], self.model.config.patch_size
-        self.model.check_size(*x0.shape[-2:])
         t = sample_timesteps(x0.shape[0], uniform=L["timesteps"] == "uniform", mean=L["logit_mean"],
                              std=L["logit_std"], device=x0.device)
         teacher = ctx.module(TEACHER)
@@ -240,16 +247,14 @@ class PixelSDXLDistillTask:
             inputs, target = patchify(add_noise(x0, torch.randn_like(x0), t, L["noise_scale"]), P), features
         else:
             inputs, target = features.to(x0.dtype), x0
-        student, n = ctx.module(self.name), x0.shape[0]
-        total, size = torch.zeros((), device=x0.device), -(-n // self.accumulate)
-        for start in range(0, n, size):  # micro-batches: the gradient of the whole batch's mean loss
-            part = slice(start, start + size)
+        student, total = ctx.module(self.name), torch.zeros((), device=x0.device)
+        for part, weight in micro_batches(x0.shape[0], self.accumulate):
             pred = student(inputs[part])
             pred = pred if self.part == "encoder" else unpatchify(pred, P)
             if pred.shape[1:] != target.shape[1:]:
                 raise ValueError(f"the patch {self.part} gives {tuple(pred.shape[1:])}, the teacher's cut "
                                  f"{tuple(target.shape[1:])}: the teacher's U-Net is not the shape of the student's body")
-            loss = x0_loss(pred, target[part]) * (pred.shape[0] / n)
+            loss = x0_loss(pred, target[part]) * weight
             ctx.backward(loss)
             total += loss.detach()
         ctx.optimizer_step(self.name)
