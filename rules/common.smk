@@ -50,7 +50,8 @@ def evaluate_inputs(wc):
 def report_inputs(wildcards):
     files = []
     for exp in RUN:
-        files.append(wf.stage_inputs(config, exp, "sample")["model"])  # trained, or a `model` role's asset
+        model = wf.stage_inputs(config, exp, "sample").get("model")  # trained, or a `model` role's asset
+        files += [model] if model else []  # none where the experiment samples without a model (LPD's base alone)
         files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
         files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]
     return files

@@ -24,7 +24,7 @@ SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 # Default weights asset of each feature extractor (``evaluate.extractor_asset: null``).
 EXTRACTOR_ASSETS = {"shapes-cnn": "shapes-cnn", "inception-v3-compat": "inception"}
 # Keys of a trained asset's block that name the assets its recipe trains from (e.g. the latent SDXL's VAE).
-RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder")}
+RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder"), "sd3": ("text_encoder", "text_encoder_3")}
 
 
 class ConfigError(ValueError):
@@ -57,7 +57,8 @@ def _registry() -> Registry:
 
 def system_spec(system: str) -> dict:
     """The ``x-t2i`` section of a system's schema: its input ``roles``, the blocks of each of its ``stages``,
-    ``speed_keys`` and ``block_roles`` (a block that only acts where a role is filled; torch-free)."""
+    ``speed_keys``, ``block_roles`` (a block that only acts where a role is filled) and ``untrained_when``
+    (block settings under which an experiment has no train stage); torch-free."""
     return _schema(system_schema_path(system))["x-t2i"]
 
 

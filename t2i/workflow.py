@@ -124,10 +124,23 @@ def source_path(ref: dict) -> str:
     return f"{RESULTS}/pretrained/{name}" if kind == "asset" else model_dir(name)
 
 
+def trains(config: dict, exp: str) -> bool:
+    """Whether ``exp`` has a train stage: not where a ``model`` role is filled, nor where its system's
+    ``x-t2i.untrained_when`` (``"block.key": [values]``) matches (e.g. LPD sampling its base alone)."""
+    e = config["experiments"][exp]
+    if "model" in e["inputs"]:
+        return False
+    for path, values in system_spec(e["system"]).get("untrained_when", {}).items():
+        block, key = path.split(".")
+        if e.get(block, {}).get(key) in values:
+            return False
+    return True
+
+
 def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
     """Named inputs of a stage's job: ``dataset`` (its completion marker), the system's roles that the
     stage reads, and the stage's own upstream (``prepared`` for train, ``model`` for sample: the
-    experiment's trained model unless its system has a ``model`` role and the config fills it)."""
+    experiment's trained model where it :func:`trains`)."""
     e = config["experiments"][exp]
     inputs = {"dataset": dataset_done(e["dataset"])}
     for role, spec in system_spec(e["system"])["roles"].items():
@@ -135,7 +148,7 @@ def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
             inputs[role] = source_path(e["inputs"][role])
     if stage == "train":
         inputs["prepared"] = f"{RESULTS}/{exp}/prepared"
-    if stage == "sample" and "model" not in inputs:  # a `model` role samples that folder instead of training
+    if stage == "sample" and trains(config, exp):
         inputs["model"] = model_dir(exp)
     return inputs
 

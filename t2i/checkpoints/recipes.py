@@ -70,9 +70,17 @@ def latent_sdxl(cfg: dict, dataset_dir: Path, out_dir: Path, assets: dict[str, P
     return train_latent_sdxl(dataset_dir, out_dir, cfg, assets)
 
 
+def sd3(cfg: dict, dataset_dir: Path, out_dir: Path, assets: dict[str, Path]) -> dict:
+    """The Shapes SD3 base (``t2i.latent.sd3``): an SD3 pipeline folder in pixel space."""
+    from t2i.latent.sd3 import train_shapes_sd3
+
+    return train_shapes_sd3(dataset_dir, out_dir, cfg, assets)
+
+
 RECIPES: dict[str, Callable[[dict, Path, Path, dict[str, Path]], dict]] = {
     "shapes-cnn": shapes_cnn,
     "clip": clip,
     "vae": vae,
     "latent-sdxl": latent_sdxl,
+    "sd3": sd3,
 }

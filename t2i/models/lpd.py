@@ -19,6 +19,8 @@ wrong ``heads`` loads its weights silently and computes something else (no tenso
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -26,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 ORIGINAL_PREFIX = "mask_head.connector."
+WEIGHTS = "model.safetensors"
 LN_EPS = 1e-6
 
 
@@ -73,6 +76,61 @@ class PromptDecomposer(ModelMixin, ConfigMixin):
         for block in self.blocks:
             queries = block(text, queries, ignore)
         return queries.reshape(batch, n, c.num_tokens, c.width)
+
+
+    def save_pretrained(self, out_dir, **_) -> None:
+        """``config.json`` (N, T, width, heads, layers) and ``model.safetensors`` (the original's file name)."""
+        from safetensors.torch import save_file
+
+        from t2i.utils.atomic import atomic_path
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.save_config(out_dir)
+        with atomic_path(out_dir / WEIGHTS) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
+
+    @classmethod
+    def from_pretrained(cls, source, expected: dict | None = None, **_) -> "PromptDecomposer":
+        """A decomposer from a folder (``config.json`` + ``model.safetensors``) or a ``.safetensors`` file (ours,
+        or the original's ``mask_head.connector.*``; its config from ``config.json`` beside it, else from
+        ``expected``). ``expected`` (config keys) must agree with the file's config: the original saves none,
+        and a wrong ``heads`` would load silently and compute something else."""
+        from safetensors.torch import load_file
+
+        source = Path(source)
+        weights = source / WEIGHTS if source.is_dir() else source
+        if not weights.is_file():
+            raise ValueError(f"{source}: no decomposer weights ({WEIGHTS} in a folder, or a .safetensors file)")
+        config_file = weights.parent / "config.json"
+        config = ({k: v for k, v in cls.load_config(weights.parent).items() if not k.startswith("_")}
+                  if config_file.is_file() else None)
+        expected = expected or {}
+        if config is not None:
+            wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
+            if wrong:
+                raise ValueError(f"{source}: the decomposer was saved with " + ", ".join(
+                    f"{k}={saved} where this experiment says {k}={want}" for k, (saved, want) in wrong.items()))
+        state = load_file(str(weights))
+        if any(k.startswith(ORIGINAL_PREFIX) for k in state):
+            heads = (config or expected).get("heads")
+            if heads is None:
+                raise ValueError(f"{weights}: the original's weights record no heads: set decomposer.heads")
+            model = from_original_state_dict(state, heads)
+            saved = {k: v for k, v in model.config.items() if not k.startswith("_")}
+            wrong = {k: (saved[k], v) for k, v in expected.items() if saved.get(k) != v}
+            if wrong:
+                raise ValueError(f"{weights}: its tensors say " + ", ".join(
+                    f"{k}={have} where this experiment says {k}={want}" for k, (have, want) in wrong.items()))
+            return model
+        if config is None:
+            missing = [k for k in ("width", "num_components", "num_tokens", "heads", "layers") if k not in expected]
+            if missing:
+                raise ValueError(f"{weights}: no config.json beside it and no {', '.join(missing)} given")
+            config = expected
+        model = cls(**config)
+        model.load_state_dict(state, strict=True)
+        return model
 
 
 def from_original_state_dict(state_dict: dict[str, torch.Tensor], heads: int) -> PromptDecomposer:

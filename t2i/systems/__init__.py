@@ -15,6 +15,7 @@ SYSTEMS: dict[str, str] = {
     "jit": "t2i.systems.jit:JiTSystem",
     "lafite": "t2i.systems.lafite:LafiteSystem",
     "pixel_sdxl": "t2i.systems.pixel_sdxl:PixelSDXLSystem",
+    "lpd": "t2i.systems.lpd:LPDSystem",
 }
 
 

@@ -31,6 +31,7 @@ from t2i.data.pixel_sdxl_meta import (BucketRule, PixelSDXLDataset, read_metadat
 from t2i.latent.sdxl import LatentSDXLTeacher
 from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
 from t2i.text.sdxl_encoders import ENCODER_ROLES, SDXLTextEncoders
+from t2i.train.optim import adamw_spec, micro_batches
 from t2i.utils.atomic import atomic_write_json
 from t2i.utils.device import default_device
 
@@ -60,8 +61,6 @@ def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None)
     """The original's one AdamW: patch encoder/decoder at ``lr``, ``body.*`` at ``lr_sdxl_unet_body``, and with
     ``encoders`` TE1 and TE2 at ``lr_text_encoder1/2`` (as ``lr_mult`` of the largest; a group at 0 is frozen
     and left out of the optimizer)."""
-    from t2i.train.task import OptimizerSpec
-
     lrs = [train["lr"], train["lr_sdxl_unet_body"]]
     if encoders is not None:
         lrs += [train["lr_text_encoder1"], train["lr_text_encoder2"]]
@@ -73,24 +72,6 @@ def optimizer_spec(model, train: dict, encoders: SDXLTextEncoders | None = None)
     if encoders is not None:
         params += [list(encoders.te1.parameters()), list(encoders.te2.parameters())]
     return adamw_spec([{"params": group, "lr_mult": lr / peak} for group, lr in zip(params, lrs)], peak, train)
-
-
-def adamw_spec(groups: list[dict], lr: float, train: dict):
-    """An :class:`~t2i.train.task.OptimizerSpec` over ``groups`` at ``lr`` with the train block's AdamW settings."""
-    from t2i.train.task import OptimizerSpec
-
-    return OptimizerSpec(groups=groups, lr=lr, betas=tuple(train["betas"]), eps=train["eps"],
-                         weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
-                         grad_clip=train["grad_clip"], kind=train["optimizer"])
-
-
-def micro_batches(n: int, accumulate: int):
-    """``(rows, weight)`` of each of ``accumulate`` micro-batches of ``n`` items: their losses times ``weight``
-    add up to the whole batch's mean, so each backward adds its share of the whole batch's gradient."""
-    size = -(-n // accumulate)
-    for start in range(0, n, size):
-        rows = slice(start, start + size)
-        yield rows, (min(n, start + size) - start) / n
 
 
 def lpips_term(lpips, pred: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ def _encoder_folders(folder: Path, suffix: str) -> tuple[Path, Path]:
     return folder, folder
 
 
-def _text_model(cls, folder: Path):
+def text_model(cls, folder: Path):
     """``cls.from_pretrained(folder)``, which may be a whole ``CLIPModel`` folder: its vision tower is left
     out without transformers' per-tensor report; a missing text tensor is an error."""
     from transformers.utils import logging as hf_logging
@@ -65,7 +65,7 @@ class SDXLTextEncoders(torch.nn.Module):
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
         (model1, tok1), (model2, tok2) = _encoder_folders(Path(dir1), ""), _encoder_folders(Path(dir2), "_2")
-        te1, te2 = _text_model(CLIPTextModel, model1), _text_model(CLIPTextModelWithProjection, model2)
+        te1, te2 = text_model(CLIPTextModel, model1), text_model(CLIPTextModelWithProjection, model2)
         tokenizers = [AutoTokenizer.from_pretrained(d, local_files_only=True) for d in (tok1, tok2)]
         if max_length is None:
             max_length = min(t.model_max_length for t in tokenizers)

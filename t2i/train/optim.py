@@ -29,3 +29,19 @@ def adamw_from_train_config(module: torch.nn.Module, cfg: dict) -> OptimizerSpec
 def ema_from_train_config(module_name: str, cfg: dict) -> EMASpec:
     """An EMA of ``module_name`` per decay in ``ema_decays`` (the first one is exported)."""
     return EMASpec(module=module_name, decays=list(cfg.get("ema_decays", DEFAULTS["ema_decays"])))
+
+
+def adamw_spec(groups: list[dict], lr: float, train: dict):
+    """An :class:`~t2i.train.task.OptimizerSpec` over ``groups`` at ``lr`` with the train block's AdamW settings."""
+    return OptimizerSpec(groups=groups, lr=lr, betas=tuple(train["betas"]), eps=train["eps"],
+                         weight_decay=train["weight_decay"], warmup_steps=train["warmup_steps"],
+                         grad_clip=train["grad_clip"], kind=train["optimizer"])
+
+
+def micro_batches(n: int, accumulate: int):
+    """``(rows, weight)`` of each of ``accumulate`` micro-batches of ``n`` items: their losses times ``weight``
+    add up to the whole batch's mean, so each backward adds its share of the whole batch's gradient."""
+    size = -(-n // accumulate)
+    for start in range(0, n, size):
+        rows = slice(start, start + size)
+        yield rows, (min(n, start + size) - start) / n
