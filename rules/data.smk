@@ -2,6 +2,8 @@
 
 
 rule dataset:
+    input:
+        unpack(lambda wc: wf.dataset_inputs(config, wc.dataset)),
     output:
         images=directory(f"{RESULTS}/datasets/{{dataset}}/images"),
         captions=directory(f"{RESULTS}/datasets/{{dataset}}/captions"),
@@ -24,3 +26,47 @@ rule dataset:
         "../envs/t2i.yaml"
     script:
         "../workflow_scripts/build_dataset.py"
+
+
+def archive(wc):
+    """The archive entry (url, sha256, folder) of a download's file name."""
+    return wf.archives(config)[wc.file]
+
+
+rule download:
+    output:
+        f"{wf.DOWNLOADS}/{{file}}",
+    params:
+        url=lambda wc: archive(wc)["url"],
+        sha256=lambda wc: archive(wc)["sha256"],
+    log:
+        f"{RESULTS}/logs/downloads/{{file}}.log",
+    wildcard_constraints:
+        file="|".join(map(re.escape, wf.archives(config))) or "^$",
+    threads: 1
+    resources:
+        runtime=600,
+        gpu=0,
+    conda:
+        "../envs/t2i.yaml"
+    script:
+        "../workflow_scripts/download.py"
+
+
+rule unzip:
+    input:
+        lambda wc: f"{wf.DOWNLOADS}/{next(f for f, a in wf.archives(config).items() if a['folder'] == wc.folder)}",
+    output:
+        directory(f"{wf.DOWNLOADS}/unzipped/{{folder}}"),
+    log:
+        f"{RESULTS}/logs/downloads/unzip_{{folder}}.log",
+    wildcard_constraints:
+        folder="|".join(map(re.escape, (a["folder"] for a in wf.archives(config).values()))) or "^$",
+    threads: 1
+    resources:
+        runtime=240,
+        gpu=0,
+    conda:
+        "../envs/t2i.yaml"
+    script:
+        "../workflow_scripts/unzip.py"

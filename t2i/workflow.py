@@ -48,6 +48,37 @@ def dataset_config(config: dict, name: str) -> dict:
     return config["datasets"][name]
 
 
+DOWNLOADS = f"{RESULTS}/downloads"
+
+
+def _archive_name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+
+
+def archives(config: dict) -> dict[str, dict]:
+    """Every image archive the datasets name, by file name under ``results/downloads/``: ``url``, ``sha256``
+    and the ``folder`` it unzips into (one download and one unzip however many datasets name it)."""
+    out: dict[str, dict] = {}
+    for name, d in config["datasets"].items():
+        if d["kind"] != "longalign" or not d.get("images_url"):
+            continue
+        file = _archive_name(d["images_url"])
+        entry = {"url": d["images_url"], "sha256": d["images_sha256"],
+                 "folder": d["images_folder"] or file.rsplit(".", 1)[0]}
+        if out.setdefault(file, entry) != entry:
+            raise ValueError(f"datasets.{name}: {file} is named with another URL, checksum or folder elsewhere")
+    return out
+
+
+def dataset_inputs(config: dict, name: str) -> dict[str, str]:
+    """What ``rule dataset`` needs fetched first: ``images``, a longalign dataset's unzipped archive."""
+    d = config["datasets"][name]
+    if d["kind"] != "longalign" or not d.get("images_url"):
+        return {}
+    folder = archives(config)[_archive_name(d["images_url"])]["folder"]
+    return {"images": f"{DOWNLOADS}/unzipped/{folder}"}
+
+
 def asset_config(config: dict, name: str) -> dict:
     return config["pretrained"][name]
 

@@ -156,8 +156,9 @@ class LoopbackServer:
         return Handler
 
 
-def serve_hf_repo(srv: LoopbackServer, repo: str, folder: Path) -> dict[str, bytes]:
-    """Publish ``folder`` as Hub repo ``repo`` (branch ``main`` at ``HF_COMMIT``); return its files.
+def serve_hf_repo(srv: LoopbackServer, repo: str, folder: Path, repo_type: str = "model") -> dict[str, bytes]:
+    """Publish ``folder`` as Hub repo ``repo`` of ``repo_type`` (model or dataset; branch ``main`` at
+    ``HF_COMMIT``); return its files.
 
     Serves what ``huggingface_hub.snapshot_download`` asks for: the repo info
     (``sha``, ``siblings``), the recursive tree listing, and ``resolve/{revision}/{file}``
@@ -166,13 +167,14 @@ def serve_hf_repo(srv: LoopbackServer, repo: str, folder: Path) -> dict[str, byt
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
     info = {"id": repo, "modelId": repo, "sha": HF_COMMIT, "private": False,
             "siblings": [{"rfilename": name} for name in files]}
-    srv.add(f"/api/models/{repo}/revision/main", info)
-    srv.add(f"/api/models/{repo}/revision/{HF_COMMIT}", info)
-    srv.add(f"/api/models/{repo}/tree/{HF_COMMIT}", [
+    api, prefix = ("datasets", "datasets/") if repo_type == "dataset" else ("models", "")
+    srv.add(f"/api/{api}/{repo}/revision/main", info)
+    srv.add(f"/api/{api}/{repo}/revision/{HF_COMMIT}", info)
+    srv.add(f"/api/{api}/{repo}/tree/{HF_COMMIT}", [
         {"type": "file", "path": name, "size": len(data),
          "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()} for name, data in files.items()])
     for name, data in files.items():
         headers = {"X-Repo-Commit": HF_COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
         for rev in ("main", HF_COMMIT):
-            srv.add(f"/{repo}/resolve/{rev}/{name}", data, headers=headers)
+            srv.add(f"/{prefix}{repo}/resolve/{rev}/{name}", data, headers=headers)
     return files

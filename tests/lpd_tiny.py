@@ -19,8 +19,8 @@ def lpd_config(prompt_sets=("long",)) -> dict:
               "sample": {"prompt_sets": list(prompt_sets), "steps": 2, "cfg": 2.0, "gen_bsz": 8, "num_images": 8},
               "evaluate": {"extractor": "shapes-cnn", "extractor_asset": "cnn_a", "metrics": ["fid"]},
               "resources": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "cpus_per_task": 1}}
-    train = {"steps": 6, "batch_size": 4, "lr": 1e-3, "cache_text": True, "save_every": 3, "log_every": 2,
-             "seed": 0, "mixed_precision": "no"}
+    train = {"steps": 6, "batch_size": 4, "accumulate": 2, "lr": 1e-3, "cache_text": True, "save_every": 3,
+             "log_every": 2, "validation_every": 3, "validation_steps": 2, "seed": 0, "mixed_precision": "no"}
     lpd = {**copy.deepcopy(common), "decomposer": {"num_components": 2, "num_tokens": 4, "heads": 2, "layers": 1},
            "data": {"image_size": None}, "train": train}
     one = copy.deepcopy(lpd)

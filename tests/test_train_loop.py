@@ -201,3 +201,55 @@ def test_runs_of_other_precisions_in_one_process(tmp_path, one_thread):
     train(tmp_path / "fp32", steps=4, mixed_precision="no")
     train(tmp_path / "bf16", steps=4, mixed_precision="bf16")
     assert json.loads((tmp_path / "bf16" / "model" / "provenance.json").read_text())["mixed_precision"] == "bf16"
+
+
+class _PicturingTask:
+    """The toy task that logs a picture every third step (as LPD logs its validation samples)."""
+
+    def __new__(cls, cfg):
+        from toy_training import ToyTask
+
+        task = ToyTask(cfg)
+        step = task.step
+
+        def picturing(batch, i, ctx):
+            out = step(batch, i, ctx)
+            if (i + 1) % 3 == 0:
+                ctx.log_images("validation/sample", torch.full((2, 3, 4, 5), (i + 1) / 10 - 1))
+            return out
+
+        task.step = picturing
+        return task
+
+
+def test_task_images_and_the_wandb_sink(tmp_path, monkeypatch):
+    """Images a task logs land as PNG rows and TensorBoard images; report_to wandb sends scalars and images to a
+    W&B run (a stand-in module: the real one is imported only for wandb), and without the package says so."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    from t2i.train.loop import run_training
+    from toy_training import ToyDataset
+
+    cfg = {**CFG, "steps": 6, "log_every": 3, "save_every": 3}
+    logged, inits = [], []
+    fake = types.ModuleType("wandb")
+    fake.Image = lambda array: ("image", array.shape)
+    fake.init = lambda **kw: inits.append(kw) or types.SimpleNamespace(
+        log=lambda data, step: logged.append((step, data)), finish=lambda: logged.append(("finished",)))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run_training(_PicturingTask(cfg), ToyDataset(), {**cfg, "report_to": "wandb", "mixed_precision": "no"}, tmp_path)
+    with Image.open(tmp_path / "images" / "validation" / "sample" / "0000006.png") as img:
+        assert img.size == (10, 4)  # the two pictures side by side
+        assert img.getpixel((0, 0)) == (76, 76, 76)  # (-0.4 + 1) * 127.5 = 76.5, rounded to even
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("validation/sample")] == [3, 6]
+    assert inits[0]["resume"] == "allow" and inits[0]["config"]["train"]["steps"] == 6
+    assert [s for s, d in logged[:-1] if "loss" in d] == [3, 6] and logged[-1] == ("finished",)
+    assert [s for s, d in logged[:-1] if "validation/sample" in d] == [3, 6]
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ImportError, match="report_to is wandb but the wandb package is not installed"):
+        run_training(_PicturingTask(cfg), ToyDataset(), {**cfg, "report_to": "wandb"}, tmp_path / "again")

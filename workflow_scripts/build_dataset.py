@@ -7,4 +7,5 @@ from t2i.utils.joblog import workflow_job
 
 dataset = snakemake.wildcards.dataset
 with workflow_job(snakemake, f"dataset {dataset}"):
-    build_dataset(wf.dataset_config(snakemake.config, dataset), Path(snakemake.output.done).parent)
+    build_dataset(wf.dataset_config(snakemake.config, dataset), Path(snakemake.output.done).parent,
+                  {key: Path(path) for key, path in snakemake.input.items()})

@@ -23,18 +23,23 @@ log = logging.getLogger(__name__)
 PARTS = ("images", "captions", "prompts", "splits", "annotations.jsonl")
 
 
-def build_dataset(cfg: dict, out_dir: str | Path) -> Path:
-    """Produce the dataset described by ``cfg`` (a validated ``datasets.<name>`` block) in ``out_dir``."""
+def build_dataset(cfg: dict, out_dir: str | Path, inputs: dict[str, Path] | None = None) -> Path:
+    """Produce the dataset described by ``cfg`` (a validated ``datasets.<name>`` block) in ``out_dir``;
+    ``inputs``: what the workflow's download rules fetched for it (``images``: an unzipped image archive)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".build-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        BUILDERS[cfg["kind"]](cfg, tmp, out_dir / ".downloads")
+        extra = None
+        if cfg["kind"] == "longalign":
+            extra = {"coverage": _build_longalign(cfg, tmp, out_dir / ".downloads", inputs or {})}
+        else:
+            BUILDERS[cfg["kind"]](cfg, tmp, out_dir / ".downloads")
         _move_into_place(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_provenance(out_dir, cfg, seeds=cfg.get("seed"))
+    write_provenance(out_dir, cfg, seeds=cfg.get("seed"), extra=extra)
     write_sha256sums(out_dir, include=PARTS)
     return out_dir
 
@@ -100,6 +105,69 @@ def _build_caption_dir(cfg: dict, tmp: Path, downloads: Path) -> None:
     for split in ("train", "test"):
         (tmp / "splits").mkdir(parents=True, exist_ok=True)
         (tmp / "splits" / f"{split}.txt").write_text("".join(r["name"] + "\n" for r in rows if r["split"] == split))
+
+
+def _build_longalign(cfg: dict, tmp: Path, downloads: Path, inputs: dict[str, Path]) -> dict:
+    """LongAlign metadata (a local parquet folder, or a Hub dataset repo fetched by huggingface_hub) over an image
+    root (``image_root``, or the unzipped ``images_url`` archive the workflow's download rules fetched once for
+    every dataset that names it); coverage checked (:mod:`t2i.data.longalign`). Images are hard-linked (copied
+    where links are impossible) as ``images/<name><suffix>``; ``num_test`` seeded rows become the ``long``
+    prompt set and the test split, the rest the train split. ``caption`` and ``long_caption`` are both the
+    long caption. Returns the coverage summary (kept, missing, unreadable rows), recorded in the provenance."""
+    from t2i.data.longalign import check_images, link_or_copy, parquet_files, read_rows
+
+    source = Path(cfg["metadata"])
+    if not source.is_dir():  # a Hub dataset repo id
+        from t2i.data.hf import snapshot
+
+        source = snapshot(cfg["metadata"], downloads / "metadata", revision=cfg["revision"], repo_type="dataset",
+                          allow_patterns=["*.parquet", "**/*.parquet"])
+    rows, coverage = read_rows(parquet_files(source), caption_column=cfg["caption_column"], source_column="source",
+                               source_filter=cfg["source_filter"], seed=cfg["seed"])
+    if cfg["image_root"]:
+        root = Path(cfg["image_root"])
+    elif "images" in inputs:
+        root = Path(inputs["images"]).parent
+    else:
+        raise ValueError("a longalign dataset needs image_root or images_url (the folder its rows' paths start in)")
+    rows = check_images(rows, root, coverage, cfg["min_coverage"])
+    if cfg["max_images"]:
+        rows = rows[:cfg["max_images"]]
+    rng = random.Random(cfg["seed"])
+    test = set(rng.sample(range(len(rows)), min(cfg["num_test"], max(0, len(rows) - 1))))
+    annotations, prompts = [], []
+    for i, row in enumerate(rows):
+        name, split = f"{i:08d}", "test" if i in test else "train"
+        file = name + row["file"].suffix.lower()
+        link_or_copy(row["file"], tmp / "images" / file)
+        (tmp / "captions").mkdir(parents=True, exist_ok=True)
+        (tmp / "captions" / f"{name}.txt").write_text(row["caption"].replace("\n", " ") + "\n", encoding="utf-8")
+        annotations.append({"name": name, "file": file, "split": split, "caption": row["caption"],
+                            "long_caption": row["caption"], "source": row["source"], "path": row["path"]})
+        if split == "test":
+            prompts.append({"id": name, "prompt": row["caption"], "reference": name, "spec": None})
+    atomic_write_jsonl(tmp / "annotations.jsonl", annotations)
+    atomic_write_jsonl(tmp / "prompts" / "long.jsonl", prompts)
+    for split in ("train", "test"):
+        (tmp / "splits").mkdir(parents=True, exist_ok=True)
+        (tmp / "splits" / f"{split}.txt").write_text("".join(r["name"] + "\n" for r in annotations
+                                                             if r["split"] == split))
+    return coverage.summary()
+
+
+def unzip_into(zip_path: str | Path, dest: str | Path) -> None:
+    """Unzip an archive into a temporary folder beside ``dest``, then rename it onto ``dest`` (a killed unzip
+    never leaves a folder that looks complete). Members that would land outside ``dest`` are refused."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(zip_path) as zf:
+        for member in zf.namelist():
+            if Path(member).is_absolute() or ".." in Path(member).parts:
+                raise ValueError(f"{zip_path}: member {member!r} would be written outside the folder")
+        zf.extractall(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
 
 
 def _extract(zip_path: Path, dest: Path) -> Path:

@@ -147,10 +147,27 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def aggregate(per_prompt: list[dict]) -> dict:
-    """Means over prompts (``relation_acc`` over prompts with a relation) and per prompt type."""
+def length_bins(word_counts: list[int]) -> list[tuple[int, int]]:
+    """Up to three ``(lowest, highest)`` word-count bins holding about a third of the prompts each (the paper's
+    accuracy-by-prompt-length view, at Shapes' scale): cut at the tertiles of ``word_counts``."""
+    counts = np.asarray(sorted(word_counts))
+    edges = sorted({int(np.quantile(counts, q, method="lower")) for q in (1 / 3, 2 / 3)} - {int(counts[-1])})
+    bounds = [int(counts[0]) - 1, *edges, int(counts[-1])]
+    return [(low + 1, high) for low, high in zip(bounds, bounds[1:]) if high > low]
+
+
+def aggregate(per_prompt: list[dict], bins: list[tuple[int, int]] | None = None) -> dict:
+    """Means over prompts (``relation_acc`` over prompts with a relation), per prompt type and, with ``bins``
+    (entries need ``words``), per prompt-length bin (``by_length``, keyed ``"<low>-<high> words"``)."""
     out = {key: _mean([p[key] for p in per_prompt]) for key in ACCURACIES}
     out["n"] = len(per_prompt)
+    if bins:
+        out["by_length"] = {}
+        for low, high in bins:
+            rows = [p for p in per_prompt if low <= p["words"] <= high]
+            if rows:
+                out["by_length"][f"{low}-{high} words"] = {
+                    **{key: _mean([p[key] for p in rows]) for key in ACCURACIES}, "n": len(rows)}
     out["by_type"] = {}
     for kind in TYPES:
         rows = [p for p in per_prompt if p["type"] == kind]
@@ -176,7 +193,9 @@ def score_folder(samples_dir: str | Path, prompts_jsonl: str | Path) -> dict:
     set raises ``ValueError`` naming both files.
     """
     samples_dir = Path(samples_dir)
-    specs = {p["id"]: p.get("spec") for p in read_jsonl(prompts_jsonl)}
+    prompts = read_jsonl(prompts_jsonl)
+    specs = {p["id"]: p.get("spec") for p in prompts}
+    words = {p["id"]: len(p["prompt"].split()) for p in prompts}
     rows = []
     for row in read_jsonl(samples_dir / "index.jsonl"):
         if row["id"] not in specs:
@@ -187,7 +206,9 @@ def score_folder(samples_dir: str | Path, prompts_jsonl: str | Path) -> dict:
         raise ValueError(f"{samples_dir / 'index.jsonl'}: no samples of prompts with a spec in {prompts_jsonl}")
     result = score([samples_dir / r["file"] for r in rows], [specs[r["id"]] for r in rows])
     for row, entry in zip(rows, result["per_prompt"]):
-        entry.update(id=row["id"], file=row["file"], seed=row.get("seed"))
+        entry.update(id=row["id"], file=row["file"], seed=row.get("seed"), words=words[row["id"]])
+    bins = length_bins([words[p["id"]] for p in prompts if p.get("spec")])  # the prompt set's, for every experiment
+    result["aggregate"] = aggregate(result["per_prompt"], bins)
     return result
 
 

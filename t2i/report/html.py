@@ -194,6 +194,26 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+LENGTH_ACCURACIES = (("object_acc", "obj"), ("count_acc", "cnt"), ("relation_acc", "rel"), ("prompt_acc", "prompt"))
+
+
+def length_tables(experiments: list[dict]) -> list[dict]:
+    """Per prompt set, Shapes accuracies by prompt-length bin (``shapes.by_length`` of the metrics) for every
+    experiment that has them: the paper's accuracy-by-length comparison, side by side."""
+    tables: dict[str, dict] = {}
+    for e in experiments:
+        for prompt_set, metrics in e["metrics"].items():
+            by_length = ((metrics or {}).get("shapes") or {}).get("by_length")
+            if not by_length:
+                continue
+            table = tables.setdefault(prompt_set, {"prompt_set": prompt_set, "bins": list(by_length), "rows": []})
+            table["rows"].append({"experiment": e["name"], "cells": [
+                {"bin": b, "n": by_length.get(b, {}).get("n"),
+                 "values": [_fmt(by_length.get(b, {}).get(key)) for key, _ in LENGTH_ACCURACIES]}
+                for b in table["bins"]]})
+    return [{**t, "metrics": [label for _, label in LENGTH_ACCURACIES]} for t in tables.values() if len(t["rows"]) > 1]
+
+
 def _experiment_section(exp: dict, out_dir: Path, grid_images: int) -> dict:
     name = exp["name"]
     grids = []
@@ -244,6 +264,7 @@ def build_report(experiments: list[dict], out_dir: str | Path, *, grid_images: i
         generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         columns=columns,
         rows=table,
+        length_tables=length_tables(experiments),
         experiments=[_experiment_section(e, out_dir, grid_images) for e in experiments],
         css=(TEMPLATES / "report.css").read_text(),
         js=(TEMPLATES / "sortable.js").read_text(),

@@ -15,8 +15,9 @@ two need no training. Guidance is per component on ``[negative, prompt]`` then t
 ``FlowMatchEulerDiscreteScheduler``; ``save_decompose`` also writes ``component_<i>`` extras, each
 component's own trajectory from the composed image's initial noise.
 
-``prepare`` writes ``items.jsonl`` (``path`` under the dataset, ``caption``: a Shapes dataset's train split
-with its long captions) and ``summary.json``, after checking the base's dimension rules.
+``prepare`` writes ``items.jsonl`` (``path`` under the dataset, ``caption``: the train split's long captions, of
+a Shapes dataset or a ``longalign`` one, :mod:`t2i.data.longalign`) and ``summary.json``, after checking the
+base's dimension rules.
 """
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ class LPDTask:
         t, self.loss, self.features = exp["train"], exp["loss"], features
         self.modules, self.frozen, self.ema = {DECOMPOSER: decomposer}, {BASE: base}, []
         self.optimizers = {DECOMPOSER: adamw_spec([{"params": list(decomposer.parameters())}], t["lr"], t)}
-        self.text_mask = exp["decomposer"]["text_mask"]
+        self.text_mask, self.accumulate = exp["decomposer"]["text_mask"], t["accumulate"]
+        self.validation = {"every": t["validation_every"], "prompt": t["validation_prompt"],
+                           "steps": t["validation_steps"], "cfg": t["validation_cfg"]}
         self.identity = {"decomposer": public_config(decomposer), "loss": self.loss, "text": exp["text"],
                          "data": exp["data"]}
 
@@ -86,19 +89,36 @@ class LPDTask:
             return base.encoders(captions)
 
     def step(self, batch: dict, step: int, ctx) -> dict[str, torch.Tensor]:
-        from t2i.diffusion.lpd import component_conditions, mean_over_components, repeat_for_components
-        from t2i.diffusion.sd3 import add_noise, losses, model_timesteps, sample_sigmas
+        from t2i.diffusion.sd3 import add_noise, sample_sigmas
+        from t2i.train.optim import micro_batches
 
         base, L = ctx.module(BASE), self.loss
         z = base.latents(batch["image"])
-        with ctx.accelerator.autocast():  # the frozen base is not prepared: the training's precision by hand
-            clip, t5, pooled = self._text(batch["caption"], base, z.device)
-        n = self.modules[DECOMPOSER].config.num_components
-        mask = base.encoders.t5_mask(batch["caption"]) if self.text_mask else None
-        components = ctx.module(DECOMPOSER)(t5, mask)
         sigma = sample_sigmas(z.shape[0], base.shift, L["logit_mean"], L["logit_std"], device=z.device)
         noise = torch.randn_like(z)
         x_t = add_noise(z, noise, sigma)
+        totals: dict[str, torch.Tensor] = {}
+        for rows, weight in micro_batches(z.shape[0], self.accumulate):
+            terms = self._terms(ctx, base, batch["caption"][rows], z[rows], noise[rows], x_t[rows], sigma[rows])
+            ctx.backward(terms["loss"] * weight)
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0) + v.detach() * weight
+        ctx.optimizer_step(DECOMPOSER)
+        if self.validation["every"] and (step + 1) % self.validation["every"] == 0 \
+                and ctx.accelerator.is_main_process:
+            self._validate(ctx, base)
+        return totals
+
+    def _terms(self, ctx, base, captions: list[str], z, noise, x_t, sigma) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch: the N conditions as one batch through the frozen base, their mean."""
+        from t2i.diffusion.lpd import component_conditions, mean_over_components, repeat_for_components
+        from t2i.diffusion.sd3 import losses, model_timesteps
+
+        L, n = self.loss, self.modules[DECOMPOSER].config.num_components
+        with ctx.accelerator.autocast():  # the frozen base is not prepared: the training's precision by hand
+            clip, t5, pooled = self._text(captions, base, z.device)
+        mask = base.encoders.t5_mask(captions) if self.text_mask else None
+        components = ctx.module(DECOMPOSER)(t5, mask)
         timesteps = model_timesteps(sigma)
         with ctx.accelerator.autocast():
             rows = base(repeat_for_components(x_t, n), repeat_for_components(timesteps, n),
@@ -107,10 +127,25 @@ class LPDTask:
             if L["precondition_outputs"] in (2, 3):
                 with torch.no_grad():
                     teacher = base(x_t, timesteps, base.encoders.joint(clip, t5), pooled)
-        terms = losses(L["precondition_outputs"], mean_over_components(rows, n), x_t, z, noise, sigma, teacher)
-        ctx.backward(terms["loss"])
-        ctx.optimizer_step(DECOMPOSER)
-        return {k: v.detach() for k, v in terms.items()}
+        return losses(L["precondition_outputs"], mean_over_components(rows, n), x_t, z, noise, sigma, teacher)
+
+    @torch.no_grad()
+    def _validate(self, ctx, base) -> None:
+        """The validation prompt's composed image and its component images, from one seeded noise."""
+        decomposer = ctx.module(DECOMPOSER)
+        was_training = decomposer.training
+        decomposer.eval()
+        v, c = self.validation, base.transformer.config
+        composer = Composer(base, decomposer, "decomposer", self.text_mask)
+        noise = torch.randn((1, *base.latent_shape(*[c.sample_size * base.vae_factor] * 2)),
+                            generator=torch.Generator().manual_seed(0)).to(next(base.parameters()).device)
+        s = {"steps": v["steps"], "cfg": v["cfg"]}
+        with ctx.accelerator.autocast():
+            cond = composer.conditions([v["prompt"]])
+            uncond = composer.conditions([""]) if v["cfg"] != 1 else None
+            ctx.log_images("validation/compose", base.decode(composer.sample(noise, cond, uncond, s)))
+            ctx.log_images("validation/decompose", base.decode(torch.cat(composer.components(noise, cond, uncond, s))))
+        decomposer.train(was_training)
 
     def export(self, weights: dict[str, dict[str, torch.Tensor]], out_dir: Path) -> None:
         from t2i.models.folder import save_model_folder
@@ -154,16 +189,18 @@ class LPDSystem:
         dataset = Path(inputs["dataset"])
         annotations = dataset / "annotations.jsonl"
         if not annotations.is_file():
-            raise ValueError(f"{dataset}: lpd trains on a dataset with long captions (a Shapes dataset's "
-                             f"annotations.jsonl); none here")
+            raise ValueError(f"{dataset}: lpd trains on a dataset with long captions (annotations.jsonl of a "
+                             f"Shapes or longalign dataset); none here")
         base = Path(inputs["base"])
         transformer = json.loads((base / "transformer" / "config.json").read_text(encoding="utf-8"))
         encoders = SD3TextEncoders.from_pipeline(base, exp["text"]["clip_max_length"], exp["text"]["token_length"])
         check_dimensions(transformer, encoders, exp)
         with open(annotations, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        items = [{"path": f"images/{r['name']}.png", "caption": r["long_caption"], "source": "shapes"}
-                 for r in rows if r["split"] == "train"]
+        items = [{"path": f"images/{r.get('file', r['name'] + '.png')}", "caption": r["long_caption"],
+                  "source": r.get("source", "shapes")} for r in rows if r["split"] == "train" and r.get("long_caption")]
+        if not items:
+            raise ValueError(f"{annotations}: no train rows with a long_caption (a Shapes or longalign dataset)")
         atomic_write_jsonl(Path(out_dir) / ITEMS, items)
         atomic_write_json(Path(out_dir) / SUMMARY, {"items": len(items), "captions": "long_caption",
                                                     "width": encoders.t5_dim})

@@ -7,6 +7,7 @@ signals and the final checkpoint folder.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import signal
@@ -37,8 +38,8 @@ log = get_logger(__name__)
 
 # The train keys the loop reads, and their values where a train block leaves them out.
 TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 64, "seed": 0, "mixed_precision": "auto", "compile": "auto",
-                  "num_workers": 0, "save_every": 500, "log_every": 50, "snapshot_every": 0}
-MODEL, WEIGHTS, SNAPSHOTS, TENSORBOARD = "model", "weights", "snapshots", "tensorboard"
+                  "num_workers": 0, "save_every": 500, "log_every": 50, "snapshot_every": 0, "report_to": "tensorboard"}
+MODEL, WEIGHTS, SNAPSHOTS, TENSORBOARD, IMAGES = "model", "weights", "snapshots", "tensorboard", "images"
 
 
 def _adamw8bit(groups: list[dict], **kwargs) -> torch.optim.Optimizer:
@@ -124,6 +125,7 @@ class _Context:
         self._modules, self._optimizers, self._specs, self._mults = {**frozen, **modules}, optimizers, specs, mults
         self._params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
         self._lr: dict[str, float] = {}
+        self._metrics: _Metrics | None = None  # set once the loop's metrics exist
 
     def begin(self, step: int) -> None:
         """Set every optimizer's lr for step ``step`` (0-based)."""
@@ -150,6 +152,10 @@ class _Context:
 
     def lr(self, name: str) -> float:
         return self._lr[name]
+
+    def log_images(self, tag: str, images: torch.Tensor) -> None:
+        """Log pictures in [-1, 1] at this step (main process; e.g. validation samples): PNG, TensorBoard, W&B."""
+        self._metrics.images(tag, images, self.step + 1)
 
     def lrs(self) -> dict[str, float]:
         """Log keys: ``lr`` for a single optimizer, else ``lr/<name>``."""
@@ -179,14 +185,17 @@ class _Metrics:
     """The task's scalars, averaged over each log window and the processes, as ``train_log.jsonl`` rows
     and TensorBoard scalars (written by the main process only). Adding a step's scalars never syncs."""
 
-    def __init__(self, accelerator: Accelerator, out_dir: Path, rows: list[dict], start: int):
-        self.acc, self.rows = accelerator, rows
+    def __init__(self, accelerator: Accelerator, out_dir: Path, rows: list[dict], start: int, report_to: str = "tensorboard",
+                 run_config: dict | None = None):
+        self.acc, self.rows, self.out_dir = accelerator, rows, out_dir
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
-        self.writer = None
+        self.writer = self.wandb = None
         if accelerator.is_main_process:
             # purge_step hides events a killed run logged after the state we resume from.
             self.writer = SummaryWriter(str(out_dir / TENSORBOARD), purge_step=start + 1 if start else None)
+            if report_to == "wandb":
+                self.wandb = _wandb_run(out_dir, run_config or {})
 
     def add(self, scalars: dict[str, torch.Tensor]) -> None:
         for name, value in scalars.items():
@@ -210,11 +219,39 @@ class _Metrics:
         if self.writer is not None:
             for name, value in {**scalars, **lrs}.items():
                 self.writer.add_scalar(name, value, step)
+        if self.wandb is not None:
+            self.wandb.log({**scalars, **lrs}, step=step)
         return row
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        """Pictures in [-1, 1] ``[N, 3, H, W]``: a PNG row ``images/<tag>/<step>.png``, TensorBoard, W&B."""
+        from t2i.data.images import save_png, tensor_to_uint8
+
+        if not self.acc.is_main_process:
+            return
+        row = tensor_to_uint8(torch.cat(list(images.detach().float().cpu()), dim=-1))
+        save_png(row, self.out_dir / IMAGES / tag / f"{step:07d}.png")
+        self.writer.add_image(tag, (images.detach().float().cpu().clamp(-1, 1) + 1) / 2, step, dataformats="NCHW")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(row)}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(out_dir: Path, run_config: dict):
+    """A W&B run for ``report_to: wandb`` (imported only then), resumed across restarts of the same folder."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("train.report_to is wandb but the wandb package is not installed (pip install wandb)") from None
+    run_id = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(dir=str(out_dir), id=run_id, resume="allow", name=out_dir.parent.name, config=run_config)
 
 
 class _StateTensors:
@@ -334,7 +371,8 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
         num_workers=cfg["num_workers"], collate_fn=collate_fn, pin_memory=acc.device.type == "cuda",
         # Its own generator: creating the iterator must not draw from the global RNG.
         generator=torch.Generator().manual_seed(cfg["seed"]))
-    metrics = _Metrics(acc, out_dir, rows, start)
+    metrics = _Metrics(acc, out_dir, rows, start, cfg["report_to"], {"train": cfg, "identity": task.identity})
+    ctx._metrics = metrics
     stop = _StopRequest()
     progress = tqdm(total=steps, initial=min(start, steps), desc="train", unit="step", dynamic_ncols=True,
                     mininterval=1 if sys.stderr.isatty() else 30,  # a job log gets a line every 30 s

@@ -37,7 +37,7 @@ EXTRA = "extra.safetensors"
 _TMP, _OLD = ".state.tmp", ".state.old"
 
 # Train keys that may change without invalidating a saved state.
-RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers", "compile", "snapshot_every")
+RESUMABLE_KEYS = ("steps", "save_every", "log_every", "num_workers", "compile", "snapshot_every", "report_to")
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

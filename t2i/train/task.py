@@ -96,6 +96,10 @@ class StepContext(Protocol):
     def lr(self, name: str) -> float:
         """The scheduled base lr of optimizer ``name`` at this step (before ``lr_mult``)."""
 
+    def log_images(self, tag: str, images: torch.Tensor) -> None:
+        """Log pictures in [-1, 1] ``[N, 3, H, W]`` at this step (validation samples): ``images/<tag>/<step>.png``
+        beside the model, TensorBoard, and W&B when ``report_to`` is wandb; main process only."""
+
 
 @runtime_checkable
 class TrainTask(Protocol):
