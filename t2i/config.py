@@ -219,6 +219,14 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def experiment_defaults(exp: dict) -> dict:
+    """One experiment block validated against its system's schema, every default filled (a deep copy): for code
+    that runs a stage by hand (benchmarks), without the config around it."""
+    exp = copy.deepcopy(exp)
+    validate_against(exp, _schema(system_schema_path(exp["system"])), prefix="experiment")
+    return exp
+
+
 def _deep_update(base: dict, extra: dict) -> dict:
     """Merge ``extra`` into ``base`` the way Snakemake merges ``--configfile`` over ``configfile:``."""
     for key, value in extra.items():

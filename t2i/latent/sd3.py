@@ -12,7 +12,7 @@ and the default run's budget has no room for one; every other part of the path i
 ``SD3Transformer2DModel`` trained by SD3's own rule (rectified flow, velocity target, logit-normal sigmas on
 the shifted schedule, unit weights, 10% empty captions) on the dataset's *short* captions, with the Shapes
 CLIP as CLIP-L and CLIP-G and the packaged MiniLM in the T5 role; saved as an SD3 pipeline folder. Text
-features are encoded once per distinct caption (the encoders are frozen).
+features are encoded once per distinct caption (:class:`CaptionFeatures`; the encoders are frozen).
 """
 from __future__ import annotations
 
@@ -64,6 +64,12 @@ class SD3Base(torch.nn.Module):
                if (folder / "vae" / "config.json").is_file() else None)
         transformer = SD3Transformer2DModel.from_pretrained(folder / TRANSFORMER, local_files_only=True)
         return cls(transformer.eval().requires_grad_(False), encoders, scheduler, vae)
+
+    def cast_frozen(self, dtype: torch.dtype) -> "SD3Base":
+        """The transformer and the text encoders in ``dtype`` (the VAE stays float32)."""
+        self.transformer.to(dtype)
+        self.encoders.to(dtype)
+        return self
 
     @property
     def shift(self) -> float:
@@ -123,22 +129,20 @@ def transformer_config(cfg: dict, image_size: int, t5_dim: int, pooled_dim: int)
 
 
 class CaptionFeatures:
-    """Frozen text features of a fixed set of captions, encoded once (the encoders are frozen):
-    ``get(captions)`` -> ``(clip, t5, pooled)`` as :class:`SD3TextEncoders` gives them."""
+    """Frozen text features, each caption encoded once, when a batch first asks for it (the encoders are frozen,
+    so this only saves time): ``get(captions)`` -> ``(clip, t5, pooled)`` as :class:`SD3TextEncoders` gives them."""
 
-    def __init__(self, encoders: SD3TextEncoders, captions: list[str], batch_size: int = 64):
-        from tqdm import tqdm
+    def __init__(self, encoders: SD3TextEncoders):
+        self.encoders = encoders
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-        self.index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-        unique, parts = list(self.index), []
-        with torch.no_grad():
-            for first in tqdm(range(0, len(unique), batch_size), desc="encode captions", unit="batch"):
-                parts.append(encoders(unique[first:first + batch_size]))
-        self.clip, self.t5, self.pooled = (torch.cat(p) for p in zip(*parts))
-
+    @torch.no_grad()
     def get(self, captions: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = torch.tensor([self.index[c] for c in captions])
-        return tuple(x[idx].to(device) for x in (self.clip, self.t5, self.pooled))
+        new = list(dict.fromkeys(c for c in captions if c not in self.cache))
+        if new:
+            for caption, *parts in zip(new, *self.encoders(new)):
+                self.cache[caption] = tuple(p.cpu() for p in parts)
+        return tuple(torch.stack(x).to(device) for x in zip(*(self.cache[c] for c in captions)))
 
 
 class _BaseTask:
@@ -148,7 +152,7 @@ class _BaseTask:
         from t2i.train.task import OptimizerSpec
 
         self.features, self.shift = features, cfg["shift"]
-        self.modules, self.frozen, self.ema = {TRANSFORMER: transformer}, {}, []
+        self.modules, self.frozen, self.ema = {TRANSFORMER: transformer}, {"text_encoders": features.encoders}, []
         self.optimizers = {TRANSFORMER: OptimizerSpec([{"params": list(transformer.parameters())}], lr=cfg["lr"],
                                                       weight_decay=0.01, warmup_steps=max(1, cfg["steps"] // 20),
                                                       grad_clip=1.0, decay="cosine", total_steps=cfg["steps"])}
@@ -240,7 +244,7 @@ def train_shapes_sd3(dataset_dir: str | Path, out_dir: str | Path, cfg: dict, as
     images, captions = _shapes_train_split(dataset_dir)
     clip = assets["text_encoder"]
     encoders = SD3TextEncoders.load((clip, clip, assets["text_encoder_3"]), cfg["clip_max_length"], cfg["t5_max_length"])
-    features = CaptionFeatures(encoders, captions + [""])
+    features = CaptionFeatures(encoders)
     config = transformer_config(cfg, images.shape[-1], encoders.t5_dim, encoders.pooled_dim)
     probe = slice(0, min(256, len(captions)))
     with torch.random.fork_rng():

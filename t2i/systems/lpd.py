@@ -213,12 +213,14 @@ class LPDSystem:
 
         t, text, d = exp["train"], exp["text"], exp["data"]
         base = SD3Base.load(inputs["base"], text["clip_max_length"], text["token_length"])
+        if torch.cuda.is_available() and t["mixed_precision"] in ("bf16", "auto"):
+            base.cast_frozen(torch.bfloat16)  # as the seed's weight_dtype; the decomposer keeps fp32 master weights
         if t["gradient_checkpointing"]:
             base.transformer.enable_gradient_checkpointing()
         items = _read_items(Path(inputs["prepared"]))
         dataset, size = Path(inputs["dataset"]), d["image_size"]
         captions = [it["caption"] for it in items]
-        features = CaptionFeatures(base.encoders, captions + [""]) if t["cache_text"] else None
+        features = CaptionFeatures(base.encoders) if t["cache_text"] else None
         torch.manual_seed(t["seed"])  # initial weights are part of what the seed fixes
         decomposer = PromptDecomposer(**decomposer_config(exp, base.encoders.t5_dim))
         task = LPDTask(decomposer, base, exp, features)
@@ -232,6 +234,10 @@ class LPDSystem:
 
         s, text, device = exp["sample"], exp["text"], default_device()
         base = SD3Base.load(inputs["base"], text["clip_max_length"], text["token_length"]).to(device)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(s["dtype"])
+        if dtype is None:  # auto
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        base.cast_frozen(dtype)
         decomposer = None
         if s["compose"] == "decomposer":
             decomposer = load_decomposer(Path(inputs["model"]), decomposer_config(exp, base.encoders.t5_dim))
