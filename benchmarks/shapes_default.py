@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/shapes_default.py [--configfile extra.yaml] [--cores 2] [--keep | --workdir .]
 
 Runs ``snakemake`` in a fresh working directory (so every stage really runs), reads the
-per-job benchmark files that the rules write, then scores the trained experiment against
-the same network untrained (randomly initialised, same seed, same sampler) on the ``test``
-prompts (single-object prompts: colour and shape), each with ``--images-per-prompt`` seeds; for
-LAFITE also the trained generator conditioned on random features instead of the prompts' CLIP features.
+per-job benchmark files that the rules write, then scores each trained experiment against
+the same network untrained (randomly initialised, same seed, same sampler) on its first prompt set
+(``test``: single-object prompts test colour and shape; LPD's ``long``: the decomposer untrained on the
+same trained SD3 base), each prompt with ``--images-per-prompt`` seeds; for LAFITE also the trained
+generator conditioned on random features instead of the prompts' CLIP features. Experiments without a
+train stage (LPD's base alone) have no network of their own to re-initialise.
 """
 from __future__ import annotations
 
@@ -76,6 +78,10 @@ def controls(workdir: Path, config: dict, exp_name: str, per_prompt: int) -> dic
     features instead of the prompts' (if text conditioning transfers from language-free training, that
     scores far below the prompt-conditioned samples): each samples the test prompts ``per_prompt``
     times (seeds) and is scored like the evaluate rule scores."""
+    from t2i import workflow as wf
+
+    if not wf.trains(config, exp_name):
+        return {}
     runs = {"trained": dict(trained=True), "untrained": dict(trained=False)}
     if config["experiments"][exp_name]["system"] == "lafite":
         runs["trained, random text features"] = dict(trained=True, patch=random_text_features)
@@ -95,7 +101,8 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
         inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
-    prompts = inputs["dataset"] / "prompts" / "test.jsonl"
+    prompt_set = config["experiments"][exp_name]["sample"]["prompt_sets"][0]
+    prompts = inputs["dataset"] / "prompts" / f"{prompt_set}.jsonl"
     exp["sample"] = {**exp["sample"], "num_images": per_prompt * len(read_jsonl(prompts))}
     with patch():
         return score_samples(get_system(exp["system"]), exp, inputs, prompts, workdir / CONTROLS / out_name / exp_name)
@@ -154,7 +161,8 @@ def main() -> None:
                 print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
         for label, acc in controls(workdir, config, exp_name, args.images_per_prompt).items():
             single = acc.get("by_type", {}).get("single", {})
-            print(f"{exp_name} {label} / test, {args.images_per_prompt} images per prompt: prompt_acc "
+            print(f"{exp_name} {label} / {exp['sample']['prompt_sets'][0]}, {args.images_per_prompt} images per "
+                  f"prompt: prompt_acc "
                   f"{acc['prompt_acc']:.3f}  object_acc {acc['object_acc']:.3f}  "
                   f"single-object prompt_acc {single.get('prompt_acc', float('nan')):.3f}")
     if args.keep:

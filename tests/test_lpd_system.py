@@ -292,6 +292,15 @@ def test_workflow_runs_the_base_the_decomposer_and_its_ablations(tmp_path):
     snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "config.yaml"))
     results = tmp_path / "results"
     assert (results / "lpd" / "train" / "model" / "decomposer" / "model.safetensors").is_file()
+    # save_every 3 of 6 steps: one checkpoint before the end, a folder the sampler takes as it is
+    checkpoints = sorted(p.name for p in (results / "lpd" / "train" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-3"]
+    from t2i.systems.lpd import load_decomposer
+    model = load_decomposer(results / "lpd" / "train" / "checkpoints" / "checkpoint-3",
+                            {"width": 384, "num_components": 2, "num_tokens": 4, "heads": 2, "layers": 1})
+    assert model.config.num_tokens == 4
+    assert sorted(p.name for p in (results / "lpd" / "train" / "images" / "validation").iterdir()) == ["compose",
+                                                                                                     "decompose"]
     assert not (results / "lpd_base" / "train").exists() and not (results / "lpd_sentences" / "train").exists()
     rows = [json.loads(line) for line in open(results / "lpd" / "samples" / "long" / "index.jsonl")]
     assert all(set(r["extras"]) == {"component_0", "component_1"} for r in rows)

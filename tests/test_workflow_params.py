@@ -145,3 +145,27 @@ def test_a_model_role_samples_an_asset_instead_of_training(raw):
     raw["pretrained"]["lafite-orig"]["convert"] = "stylegan3"
     with pytest.raises(Exception, match="convert"):
         validate_config(raw)
+
+
+def test_lpd_experiments_that_sample_the_base_alone_have_no_train_stage(raw):
+    config = validate_config(raw)
+    assert wf.trains(config, "shapes_lpd") and not wf.trains(config, "shapes_lpd_base")
+    assert not wf.trains(config, "shapes_lpd_sentences")
+    assert "model" not in wf.stage_inputs(config, "shapes_lpd_base", "sample")
+    assert wf.stage_inputs(config, "shapes_lpd", "sample")["model"] == wf.model_dir("shapes_lpd")
+
+
+def test_an_image_archive_is_one_download_for_every_dataset_naming_it(raw):
+    edited = copy.deepcopy(raw)
+    url = "http://images.cocodataset.org/zips/train2017.zip"
+    for name in ("la", "lb"):
+        edited["datasets"][name] = {"kind": "longalign", "metadata": "luping-liu/LongAlign", "images_url": url,
+                                    "images_folder": "coco2017"}
+    config = validate_config(edited)
+    assert wf.archives(config) == {"train2017.zip": {"url": url, "sha256": None, "folder": "coco2017"}}
+    assert wf.dataset_inputs(config, "la") == wf.dataset_inputs(config, "lb") == {
+        "images": "results/downloads/unzipped/coco2017"}
+    assert wf.dataset_inputs(config, "shapes32") == {}
+    edited["datasets"]["lb"]["images_folder"] = "elsewhere"
+    with pytest.raises(ValueError, match="datasets.lb: train2017.zip is named with another URL, checksum or folder"):
+        wf.archives(validate_config(edited))

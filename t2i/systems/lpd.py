@@ -77,6 +77,8 @@ class LPDTask:
         self.modules, self.frozen, self.ema = {DECOMPOSER: decomposer}, {BASE: base}, []
         self.optimizers = {DECOMPOSER: adamw_spec([{"params": list(decomposer.parameters())}], t["lr"], t)}
         self.text_mask, self.accumulate = exp["decomposer"]["text_mask"], t["accumulate"]
+        limit = t["checkpoints_total_limit"]
+        self.keep_checkpoints = 1 << 30 if limit is None else limit  # checkpoints/checkpoint-<step>/, as the seed's
         self.validation = {"every": t["validation_every"], "prompt": t["validation_prompt"],
                            "steps": t["validation_steps"], "cfg": t["validation_cfg"]}
         self.identity = {"decomposer": public_config(decomposer), "loss": self.loss, "text": exp["text"],

@@ -394,7 +394,7 @@ class PixelSDXLSystem:
             lpips = load_lpips(inputs) if exp["loss"]["lpips_weight"] > 0 else None
             task = PixelSDXLTask(model, encoders, exp, meta, lpips)
         task.batch_sampler = dataset.batch_sampler
-        run_training(task, dataset, {k: t[k] for k in TRAIN_DEFAULTS}, out_dir, inputs=inputs)
+        run_training(task, dataset, {k: t[k] for k in TRAIN_DEFAULTS if k in t}, out_dir, inputs=inputs)
 
     def sample(self, exp: dict, inputs: dict[str, Path], prompts: list[dict], out_dir: Path) -> None:
         from t2i.diffusion.pixel_sdxl import FlowX0EulerScheduler

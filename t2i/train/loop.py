@@ -40,6 +40,7 @@ log = get_logger(__name__)
 TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 64, "seed": 0, "mixed_precision": "auto", "compile": "auto",
                   "num_workers": 0, "save_every": 500, "log_every": 50, "snapshot_every": 0, "report_to": "tensorboard"}
 MODEL, WEIGHTS, SNAPSHOTS, TENSORBOARD, IMAGES = "model", "weights", "snapshots", "tensorboard", "images"
+CHECKPOINTS = "checkpoints"
 
 
 def _adamw8bit(groups: list[dict], **kwargs) -> torch.optim.Optimizer:
@@ -289,6 +290,16 @@ def snapshot_path(out_dir: Path, module: str, step: int) -> Path:
     return Path(out_dir) / SNAPSHOTS / f"{module}-{step:08d}.safetensors"
 
 
+def _export_checkpoint(task, weights: dict, out_dir: Path, step: int) -> None:
+    """``task.export`` into ``checkpoints/checkpoint-<step>/`` (the seed's name), keeping the newest
+    ``task.keep_checkpoints`` of them."""
+    with atomic_dir(out_dir / CHECKPOINTS / f"checkpoint-{step}") as tmp:
+        task.export(weights, tmp)
+    kept = sorted((out_dir / CHECKPOINTS).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in kept[:-task.keep_checkpoints]:
+        shutil.rmtree(old)
+
+
 def snapshot_step(path: Path) -> int:
     """The step of a :func:`snapshot_path`."""
     return int(path.stem.rsplit("-", 1)[1])
@@ -301,7 +312,7 @@ def _clean_outputs(out_dir: Path, start: int, steps: int) -> None:
         for name in (MODEL, WEIGHTS):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     if start == 0:
-        for name in (TENSORBOARD, SNAPSHOTS):
+        for name in (TENSORBOARD, SNAPSHOTS, CHECKPOINTS, IMAGES):
             shutil.rmtree(out_dir / name, ignore_errors=True)
     for path in (out_dir / SNAPSHOTS).glob("*.safetensors"):
         if snapshot_step(path) > start:
@@ -401,6 +412,8 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
                 if done % cfg["save_every"] == 0 or done == steps:
                     state.save(done, ident, metrics.rows)
                     saved = done
+                    if getattr(task, "keep_checkpoints", 0) and done < steps and acc.is_main_process:
+                        _export_checkpoint(task, _export_weights(raw, emas), out_dir, done)
                 signum = stop.agreed(acc)
                 if signum:
                     if saved != done:

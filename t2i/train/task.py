@@ -33,6 +33,8 @@ schedule, EMAs, weight snapshots, logging, the resumable state, signals, the exp
 - ``on_log(row, out_dir, weights)`` (optional): called on the main process with each log row (after
   it is written to ``train_log.jsonl``), for a system's own logs (LAFITE's status line,
   ``stats.jsonl`` and image grids); ``weights()`` returns what ``export`` would get now.
+- ``keep_checkpoints`` (optional int): at every save but the last, also ``export`` into
+  ``checkpoints/checkpoint-<step>/`` beside the model, keeping the newest this many (LPD's checkpoint folders).
 - ``identity``: JSON-able description of the task beyond the ``train:`` block (network
   configs); part of the resume identity together with the content hash of every input.
 - ``export(weights, out_dir)``: write the checkpoint folder (``save_pretrained`` style) from
