@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCURACIES = ("object_acc", "count_acc", "relation_acc", "prompt_acc")
 
 
 def _rounded(d: dict) -> dict:
+    from t2i.eval.shapes import ACCURACIES
+
     return {k: None if d.get(k) is None else round(d[k], 3) for k in ACCURACIES}
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     from t2i.checkpoints.hashing import write_sha256sums
     from t2i.config import load_config
     from t2i.data.build import build_dataset
-    from t2i.eval.shapes import score_folder
+    from t2i.eval.shapes import ACCURACIES, score_folder
     from t2i.jobs import verified_inputs
     from t2i.systems import get_system
     from t2i.utils.atomic import atomic_dir, read_jsonl

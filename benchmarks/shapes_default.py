@@ -83,15 +83,32 @@ def controls(workdir: Path, config: dict, exp_name: str, per_prompt: int) -> dic
     if not wf.trains(config, exp_name):
         return {}
     runs = {"trained": dict(trained=True), "untrained": dict(trained=False)}
+    if config["experiments"][exp_name]["system"] == "lpd":  # its network is the decomposer and the SD3 base
+        runs["untrained"] = dict(trained=False, untrained_base=True)
+        runs["untrained decomposer, trained base"] = dict(trained=False)
     if config["experiments"][exp_name]["system"] == "lafite":
         runs["trained, random text features"] = dict(trained=True, patch=random_text_features)
     return {label: sample_and_score(workdir, config, exp_name, out_name=label.replace(", ", "_").replace(" ", "_"),
                                     per_prompt=per_prompt, **kw) for label, kw in runs.items()}
 
 
+def untrained_sd3(base: Path, out_dir: Path, seed: int) -> Path:
+    """A copy of an SD3 pipeline folder whose transformer is re-initialised (its text encoders are pretrained
+    or trained separately: they stay)."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    shutil.copytree(base, out_dir, dirs_exist_ok=True)
+    config = SD3Transformer2DModel.load_config(base / "transformer")
+    torch.manual_seed(seed)
+    SD3Transformer2DModel.from_config(config).save_pretrained(out_dir / "transformer")
+    return out_dir
+
+
 def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: bool, out_name: str, per_prompt: int,
-                     patch=contextlib.nullcontext) -> dict:
-    """Sample the test prompts with the trained (or re-initialised) model and score them like the evaluate rule."""
+                     patch=contextlib.nullcontext, untrained_base: bool = False) -> dict:
+    """Sample the experiment's first prompt set with the trained (or re-initialised) model and score it like the
+    evaluate rule (``untrained_base``: LPD's SD3 base re-initialised too)."""
     from t2i import workflow as wf
     from t2i.systems import get_system
     from t2i.utils.atomic import read_jsonl
@@ -101,6 +118,8 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
         inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
+        if untrained_base:
+            inputs["base"] = untrained_sd3(inputs["base"], workdir / CONTROLS / f"untrained_base_{exp_name}", seed)
     prompt_set = config["experiments"][exp_name]["sample"]["prompt_sets"][0]
     prompts = inputs["dataset"] / "prompts" / f"{prompt_set}.jsonl"
     exp["sample"] = {**exp["sample"], "num_images": per_prompt * len(read_jsonl(prompts))}
@@ -125,6 +144,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--images-per-prompt", type=int, default=5,
                         help="seeds per test prompt for the trained/untrained/random-feature comparison")
+    parser.add_argument("--only", nargs="+", metavar="EXP", help="report (and control) only these experiments of run")
     parser.add_argument("--workdir", help="an existing working directory with config.yaml (e.g. the repository "
                                           "after README command 1): only the missing jobs run, the "
                                           "stage times are those of its results/benchmarks, and it is kept")
@@ -149,7 +169,7 @@ def main() -> None:
     print(f"\nthis snakemake call: {total:.1f} s wall ({args.cores} cores)")
     for rule, seconds in sorted(stage_times(workdir / "results").items(), key=lambda kv: -kv[1]):
         print(f"  {rule:<18} {seconds:8.1f} s")
-    for exp_name in config["run"]:
+    for exp_name in args.only or config["run"]:
         exp = config["experiments"][exp_name]
         for ps in exp["sample"]["prompt_sets"]:
             m = json.loads((workdir / "results" / exp_name / "metrics" / f"{ps}.json").read_text())

@@ -13,7 +13,7 @@ rule pretrained:
         f"{RESULTS}/logs/pretrained/{{asset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrained/{{asset}}.tsv"
-    threads: 2
+    threads: SHARED_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=240,

@@ -4,6 +4,9 @@ import re
 from t2i import workflow as wf
 
 RESULTS = wf.RESULTS
+# Jobs every experiment waits on (assets, reference statistics) take half the cores: on a 2-core laptop one
+# each, so an experiment's own jobs run beside them.
+SHARED_JOB_THREADS = max(1, workflow.cores // 2)
 EXPERIMENTS = list(config["experiments"])
 RUN = config["run"]
 

@@ -11,7 +11,7 @@ rule reference_stats:
         f"{RESULTS}/logs/reference_stats/{{dataset}}_{{extractor}}_{{asset}}_{{prompt_set}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/reference_stats/{{dataset}}_{{extractor}}_{{asset}}_{{prompt_set}}.tsv"
-    threads: 2
+    threads: SHARED_JOB_THREADS
     resources:
         mem_mb=8000,
         runtime=120,

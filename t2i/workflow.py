@@ -67,6 +67,10 @@ def archives(config: dict) -> dict[str, dict]:
                  "folder": d["images_folder"] or file.rsplit(".", 1)[0]}
         if out.setdefault(file, entry) != entry:
             raise ValueError(f"datasets.{name}: {file} is named with another URL, checksum or folder elsewhere")
+        clash = [f for f, e in out.items() if e["folder"] == entry["folder"] and f != file]
+        if clash:
+            raise ValueError(f"datasets.{name}: {file} and {clash[0]} would both unzip into {entry['folder']}/ "
+                             f"(set images_folder)")
     return out
 
 

@@ -98,6 +98,23 @@ def test_metadata_from_a_hub_dataset_repo(tmp_path, monkeypatch):
     assert len((out / "annotations.jsonl").read_text().splitlines()) == 4
 
 
+def test_an_archive_unzips_whole_or_not_at_all(tmp_path):
+    from t2i.data.build import unzip_into
+
+    good, evil = tmp_path / "good.zip", tmp_path / "evil.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("train2017/a.jpg", _jpeg((1, 2, 3)))
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("train2017/b.jpg", _jpeg((1, 2, 3)))
+        zf.writestr("../outside.jpg", b"x")
+    unzip_into(good, tmp_path / "out" / "coco2017")
+    assert (tmp_path / "out" / "coco2017" / "train2017" / "a.jpg").is_file()
+    with pytest.raises(ValueError, match="'../outside.jpg' would be written outside the folder"):
+        unzip_into(evil, tmp_path / "out" / "other")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coco2017"]
+    assert not (tmp_path / "outside.jpg").exists()
+
+
 @pytest.mark.slow
 def test_the_workflow_downloads_and_unzips_an_archive_once_for_two_datasets(tmp_path):
     from http_server import LoopbackServer

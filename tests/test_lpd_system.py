@@ -254,6 +254,21 @@ def test_a_training_step_is_the_mean_of_n_separate_forwards_and_trains_only_the_
     assert decomposer.training
 
 
+def test_bf16_weights_sample_on_a_cpu(tiny):
+    """sample.dtype bf16 without autocast: the inputs follow the weights, the velocity comes back float32."""
+    from t2i.latent.sd3 import SD3Base
+    from t2i.systems.lpd import Composer
+
+    base = SD3Base.load(tiny["base"], 8, 16).cast_frozen(torch.bfloat16)
+    torch.manual_seed(0)
+    decomposer = PromptDecomposer(width=384, num_components=2, num_tokens=4, heads=2, layers=1).eval()
+    composer = Composer(base, decomposer, "decomposer", text_mask=True)
+    with torch.no_grad():
+        cond, uncond = composer.conditions(["a red circle. a blue square."]), composer.conditions([""])
+        out = composer.sample(torch.randn(1, 3, 32, 32), cond, uncond, {"steps": 2, "cfg": 3.0})
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 def test_checkpoint_forms_load_and_a_mismatch_is_refused(tmp_path):
     from safetensors.torch import save_file
 
@@ -281,6 +296,10 @@ def test_checkpoint_forms_load_and_a_mismatch_is_refused(tmp_path):
         load_decomposer(tmp_path / "asset", {**cfg, "num_tokens": 5})
     with pytest.raises(ValueError, match="no decomposer weights"):
         load_decomposer(tmp_path / "checkpoint-200" / "missing.safetensors", cfg)
+    save_model_folder(tmp_path / "masked", "lpd", {"decomposer": model}, {"text_mask": True})
+    assert load_decomposer(tmp_path / "masked", cfg, text_mask=True).config.heads == 2
+    with pytest.raises(ValueError, match="trained with decomposer.text_mask True, this experiment says False"):
+        load_decomposer(tmp_path / "masked", cfg, text_mask=False)
 
 
 @pytest.mark.slow

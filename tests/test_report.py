@@ -187,3 +187,21 @@ def test_columns_shared_by_two_families_are_named_by_family():
     assert labels["fidelity_train.fid"] == "FID vs train split"
     assert labels["fidelity.kid_mean"] == "KID"  # not shared: plain
     assert labels["a.score"] == "a.score" and labels["b.score"] == "b.score"  # unknown families: whole paths
+
+
+def test_length_tables_put_every_experiments_bins_side_by_side():
+    from t2i.report.html import length_tables
+
+    def metrics(bins):
+        return {"shapes": {"by_length": {b: {"object_acc": v, "count_acc": v, "relation_acc": None,
+                                             "prompt_acc": v / 2, "n": 3} for b, v in bins.items()}}}
+
+    experiments = [{"name": "a", "metrics": {"long": metrics({"10-20 words": 0.5, "21-30 words": 0.25}),
+                                             "test": metrics({"3-5 words": 1.0})}},
+                   {"name": "b", "metrics": {"long": metrics({"5-9 words": 0.75, "21-30 words": 1.0})}}]
+    (table,) = length_tables(experiments)  # `test` has one experiment: nothing to compare
+    assert table["prompt_set"] == "long" and table["bins"] == ["5-9 words", "10-20 words", "21-30 words"]
+    a, b = table["rows"]
+    assert [c["values"] for c in a["cells"]] == [["", "", "", ""], ["0.5", "0.5", "", "0.25"],
+                                                 ["0.25", "0.25", "", "0.125"]]
+    assert [c["n"] for c in b["cells"]] == [3, 0, 3]

@@ -247,6 +247,7 @@ def test_task_images_and_the_wandb_sink(tmp_path, monkeypatch):
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Images("validation/sample")] == [3, 6]
     assert inits[0]["resume"] == "allow" and inits[0]["config"]["train"]["steps"] == 6
+    assert inits[0]["id"] == (tmp_path / "wandb_run_id").read_text()  # a resumed run logs into the same W&B run
     assert [s for s, d in logged[:-1] if "loss" in d] == [3, 6] and logged[-1] == ("finished",)
     assert [s for s, d in logged[:-1] if "validation/sample" in d] == [3, 6]
 

@@ -169,3 +169,6 @@ def test_an_image_archive_is_one_download_for_every_dataset_naming_it(raw):
     edited["datasets"]["lb"]["images_folder"] = "elsewhere"
     with pytest.raises(ValueError, match="datasets.lb: train2017.zip is named with another URL, checksum or folder"):
         wf.archives(validate_config(edited))
+    edited["datasets"]["lb"].update(images_url=url.replace("train", "val"), images_folder="coco2017")
+    with pytest.raises(ValueError, match="val2017.zip and train2017.zip would both unzip into coco2017/"):
+        wf.archives(validate_config(edited))

@@ -130,9 +130,9 @@ def _build_longalign(cfg: dict, tmp: Path, downloads: Path, inputs: dict[str, Pa
         root = Path(inputs["images"]).parent
     else:
         raise ValueError("a longalign dataset needs image_root or images_url (the folder its rows' paths start in)")
-    rows = check_images(rows, root, coverage, cfg["min_coverage"])
-    if cfg["max_images"]:
+    if cfg["max_images"]:  # before the image check: a capped run reads only the images it keeps
         rows = rows[:cfg["max_images"]]
+    rows = check_images(rows, root, coverage, cfg["min_coverage"])
     rng = random.Random(cfg["seed"])
     test = set(rng.sample(range(len(rows)), min(cfg["num_test"], max(0, len(rows) - 1))))
     annotations, prompts = [], []
@@ -156,18 +156,17 @@ def _build_longalign(cfg: dict, tmp: Path, downloads: Path, inputs: dict[str, Pa
 
 
 def unzip_into(zip_path: str | Path, dest: str | Path) -> None:
-    """Unzip an archive into a temporary folder beside ``dest``, then rename it onto ``dest`` (a killed unzip
-    never leaves a folder that looks complete). Members that would land outside ``dest`` are refused."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Unzip an archive into a temporary folder beside ``dest`` that replaces ``dest`` when complete (a failed
+    or killed unzip leaves nothing that looks finished, and its leftovers are removed by the next attempt).
+    Members that would land outside ``dest`` are refused."""
+    from t2i.utils.atomic import atomic_dir
+
     with zipfile.ZipFile(zip_path) as zf:
         for member in zf.namelist():
             if Path(member).is_absolute() or ".." in Path(member).parts:
                 raise ValueError(f"{zip_path}: member {member!r} would be written outside the folder")
-        zf.extractall(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+        with atomic_dir(dest) as tmp:
+            zf.extractall(tmp)
 
 
 def _extract(zip_path: Path, dest: Path) -> Path:

@@ -67,7 +67,8 @@ class SD3Base(torch.nn.Module):
 
     def cast_frozen(self, dtype: torch.dtype) -> "SD3Base":
         """The transformer and the text encoders in ``dtype`` (the VAE stays float32)."""
-        self.transformer.to(dtype)
+        if self.transformer.dtype != dtype:
+            self.transformer.to(dtype)
         self.encoders.to(dtype)
         return self
 
@@ -110,9 +111,11 @@ class SD3Base(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor
                 ) -> torch.Tensor:
-        """The velocity at ``x`` for the token sequence ``tokens`` and pooled vector ``pooled``."""
-        return self.transformer(hidden_states=x, timestep=timesteps, encoder_hidden_states=tokens.to(x.dtype),
-                                pooled_projections=pooled.to(x.dtype), return_dict=False)[0]
+        """The velocity (float32) at ``x`` for the token sequence ``tokens`` and pooled vector ``pooled``; the inputs
+        are cast to the transformer's dtype (bf16 weights under bf16 training or sampling)."""
+        dtype = self.transformer.dtype
+        return self.transformer(hidden_states=x.to(dtype), timestep=timesteps, encoder_hidden_states=tokens.to(dtype),
+                                pooled_projections=pooled.to(dtype), return_dict=False)[0].float()
 
 
 # ---------------------------------------------------------------------------- the Shapes base (recipe)

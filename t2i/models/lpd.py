@@ -77,7 +77,6 @@ class PromptDecomposer(ModelMixin, ConfigMixin):
             queries = block(text, queries, ignore)
         return queries.reshape(batch, n, c.num_tokens, c.width)
 
-
     def save_pretrained(self, out_dir, **_) -> None:
         """``config.json`` (N, T, width, heads, layers) and ``model.safetensors`` (the original's file name)."""
         from safetensors.torch import save_file

@@ -194,24 +194,32 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-LENGTH_ACCURACIES = (("object_acc", "obj"), ("count_acc", "cnt"), ("relation_acc", "rel"), ("prompt_acc", "prompt"))
+LENGTH_LABELS = {"object_acc": "obj", "count_acc": "cnt", "relation_acc": "rel", "prompt_acc": "prompt"}
 
 
 def length_tables(experiments: list[dict]) -> list[dict]:
     """Per prompt set, Shapes accuracies by prompt-length bin (``shapes.by_length`` of the metrics) for every
-    experiment that has them: the paper's accuracy-by-length comparison, side by side."""
-    tables: dict[str, dict] = {}
+    experiment that has them: the paper's accuracy-by-length comparison, side by side. Bins are the union over
+    the experiments (a bin none of an experiment's samples fell in stays empty), ordered by length."""
+    from t2i.eval.shapes import ACCURACIES
+
+    found: dict[str, list[tuple[str, dict]]] = {}
     for e in experiments:
         for prompt_set, metrics in e["metrics"].items():
             by_length = ((metrics or {}).get("shapes") or {}).get("by_length")
-            if not by_length:
-                continue
-            table = tables.setdefault(prompt_set, {"prompt_set": prompt_set, "bins": list(by_length), "rows": []})
-            table["rows"].append({"experiment": e["name"], "cells": [
-                {"bin": b, "n": by_length.get(b, {}).get("n"),
-                 "values": [_fmt(by_length.get(b, {}).get(key)) for key, _ in LENGTH_ACCURACIES]}
-                for b in table["bins"]]})
-    return [{**t, "metrics": [label for _, label in LENGTH_ACCURACIES]} for t in tables.values() if len(t["rows"]) > 1]
+            if by_length:
+                found.setdefault(prompt_set, []).append((e["name"], by_length))
+    tables = []
+    for prompt_set, rows in found.items():
+        if len(rows) < 2:
+            continue
+        bins = sorted({b for _, by_length in rows for b in by_length}, key=lambda b: int(b.split("-")[0]))
+        tables.append({"prompt_set": prompt_set, "bins": bins, "metrics": [LENGTH_LABELS[k] for k in ACCURACIES],
+                       "rows": [{"experiment": name, "cells": [
+                           {"bin": b, "n": by_length.get(b, {}).get("n", 0),
+                            "values": [_fmt(by_length.get(b, {}).get(k)) for k in ACCURACIES]} for b in bins]}
+                           for name, by_length in rows]})
+    return tables
 
 
 def _experiment_section(exp: dict, out_dir: Path, grid_images: int) -> dict:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from t2i.systems.sampling import Generated, inference_autocast, row_noise, run_sampling
+from t2i.systems.sampling import Generated, row_noise, run_sampling
+from t2i.utils.compile import compile_if_wanted
 from t2i.utils.atomic import atomic_write_json, atomic_write_jsonl
 from t2i.utils.device import default_device
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 SYSTEM = "lpd"
 DECOMPOSER, BASE = "decomposer", "base"
 ITEMS, SUMMARY = "items.jsonl", "summary.json"
-COMPOSE_WITHOUT_TRAINING = ("prompt", "sentences")
 
 
 def decomposer_config(exp: dict, width: int) -> dict:
@@ -81,8 +81,8 @@ class LPDTask:
         self.keep_checkpoints = 1 << 30 if limit is None else limit  # checkpoints/checkpoint-<step>/, as the seed's
         self.validation = {"every": t["validation_every"], "prompt": t["validation_prompt"],
                            "steps": t["validation_steps"], "cfg": t["validation_cfg"]}
-        self.identity = {"decomposer": public_config(decomposer), "loss": self.loss, "text": exp["text"],
-                         "data": exp["data"]}
+        self.identity = {"decomposer": public_config(decomposer), "text_mask": self.text_mask, "loss": self.loss,
+                         "text": exp["text"], "data": exp["data"]}
 
     def _text(self, captions: list[str], base, device):
         if self.features is not None:
@@ -134,7 +134,7 @@ class LPDTask:
     @torch.no_grad()
     def _validate(self, ctx, base) -> None:
         """The validation prompt's composed image and its component images, from one seeded noise."""
-        decomposer = ctx.module(DECOMPOSER)
+        decomposer = self.modules[DECOMPOSER]  # the module itself, not its DDP wrapper
         was_training = decomposer.training
         decomposer.eval()
         v, c = self.validation, base.transformer.config
@@ -163,16 +163,22 @@ def _read_items(prepared: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def load_decomposer(source: Path, expected: dict):
-    """The decomposer to sample: a t2i model folder (this system's), a folder with ``model.safetensors`` and
-    ``config.json``, or a ``.safetensors`` file (an asset folder holding one is read as that file)."""
+def load_decomposer(source: Path, expected: dict, text_mask: bool | None = None):
+    """The decomposer to sample: a t2i model folder (this system's; with ``text_mask`` given, it must have been
+    trained with the same setting), a folder with ``model.safetensors`` and ``config.json``, or a
+    ``.safetensors`` file (an asset folder holding one is read as that file)."""
     from t2i.models.folder import INDEX, ModelFolderError, read_index
     from t2i.models.lpd import PromptDecomposer
 
     source = Path(source)
     if (source / INDEX).is_file():
-        if read_index(source)["system"] != SYSTEM:
-            raise ModelFolderError(f"inputs.model: {source} was trained by system {read_index(source)['system']!r}")
+        index = read_index(source)
+        if index["system"] != SYSTEM:
+            raise ModelFolderError(f"inputs.model: {source} was trained by system {index['system']!r}")
+        trained_mask = index["meta"].get("text_mask")
+        if text_mask is not None and trained_mask is not None and trained_mask != text_mask:
+            raise ValueError(f"{source}: the decomposer was trained with decomposer.text_mask {trained_mask}, this "
+                             f"experiment says {text_mask}")
         return PromptDecomposer.from_pretrained(source / DECOMPOSER, expected)
     if source.is_dir() and not (source / "model.safetensors").is_file():
         files = sorted(source.glob("*.safetensors"))
@@ -214,12 +220,15 @@ class LPDSystem:
         from t2i.train.loop import TRAIN_DEFAULTS, run_training
 
         t, text, d = exp["train"], exp["text"], exp["data"]
+        items = _read_items(Path(inputs["prepared"]))
+        if d["image_size"] is None and any(it["source"] != "shapes" for it in items):
+            raise ValueError("data.image_size is null (images as they are) but the dataset's images are not all one "
+                             "size (a longalign dataset): set data.image_size (the seed's 512)")
         base = SD3Base.load(inputs["base"], text["clip_max_length"], text["token_length"])
         if torch.cuda.is_available() and t["mixed_precision"] in ("bf16", "auto"):
             base.cast_frozen(torch.bfloat16)  # as the seed's weight_dtype; the decomposer keeps fp32 master weights
         if t["gradient_checkpointing"]:
             base.transformer.enable_gradient_checkpointing()
-        items = _read_items(Path(inputs["prepared"]))
         dataset, size = Path(inputs["dataset"]), d["image_size"]
         captions = [it["caption"] for it in items]
         features = CaptionFeatures(base.encoders) if t["cache_text"] else None
@@ -239,10 +248,12 @@ class LPDSystem:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(s["dtype"])
         if dtype is None:  # auto
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        base.cast_frozen(dtype)
+        base.cast_frozen(dtype)  # the inputs follow the weights (SD3Base.forward): no autocast
+        base.transformer = compile_if_wanted(base.transformer, s["compile"], device)
         decomposer = None
         if s["compose"] == "decomposer":
-            decomposer = load_decomposer(Path(inputs["model"]), decomposer_config(exp, base.encoders.t5_dim))
+            decomposer = load_decomposer(Path(inputs["model"]), decomposer_config(exp, base.encoders.t5_dim),
+                                         exp["decomposer"]["text_mask"])
             decomposer = decomposer.to(device).eval().requires_grad_(False)
         c = base.transformer.config
         height, width = s["size"] or [c.sample_size * base.vae_factor] * 2
@@ -252,14 +263,13 @@ class LPDSystem:
         def generate_batch(rows: list[dict]) -> Generated:
             prompts_ = [r["prompt"] for r in rows]
             noise = row_noise(rows, shape, device)
-            with inference_autocast(device):
-                cond = composer.conditions(prompts_)
-                uncond = composer.conditions([s["negative_prompt"]] * len(rows)) if s["cfg"] != 1 else None
-                images = base.decode(composer.sample(noise, cond, uncond, s))
-                extras = {}
-                if decomposer is not None and s["save_decompose"]:
-                    for i, picture in enumerate(composer.components(noise, cond, uncond, s)):
-                        extras[f"component_{i}"] = base.decode(picture)
+            cond = composer.conditions(prompts_)
+            uncond = composer.conditions([s["negative_prompt"]] * len(rows)) if s["cfg"] != 1 else None
+            images = base.decode(composer.sample(noise, cond, uncond, s))
+            extras = {}
+            if decomposer is not None and s["save_decompose"]:
+                for i, picture in enumerate(composer.components(noise, cond, uncond, s)):
+                    extras[f"component_{i}"] = base.decode(picture)
             return Generated(images, extras)
 
         run_sampling(exp, prompts, out_dir, generate_batch)

@@ -67,11 +67,11 @@ class SD3TextEncoders(torch.nn.Module):
             t5_max_length = min(tokenizers[2].model_max_length, 512)
         for name, te in (("CLIP-L", clip_l), ("CLIP-G", clip_g)):
             if clip_max_length > te.config.max_position_embeddings:
-                raise ValueError(f"text.clip_max_length {clip_max_length} exceeds {name}'s max_position_embeddings "
+                raise ValueError(f"a CLIP length of {clip_max_length} tokens exceeds {name}'s max_position_embeddings "
                                  f"{te.config.max_position_embeddings}")
         limit = getattr(t5.config, "max_position_embeddings", None)  # T5's relative positions have none
         if limit is not None and t5_max_length > limit:
-            raise ValueError(f"text.t5_max_length {t5_max_length} exceeds the T5 role's max_position_embeddings {limit}")
+            raise ValueError(f"a T5 length of {t5_max_length} tokens exceeds the T5 role's max_position_embeddings {limit}")
         for name, tok in zip(("CLIP-L", "CLIP-G", "T5"), tokenizers):
             if tok.pad_token is None:
                 raise ValueError(f"the {name} tokenizer has no pad token (SD3 pads every prompt)")

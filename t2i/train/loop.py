@@ -7,12 +7,12 @@ signals and the final checkpoint folder.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import shutil
 import signal
 import sys
 import time
+import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +30,7 @@ from t2i.train.ema import EMASet
 from t2i.train.schedule import lr_at
 from t2i.train.state import StateDir, StepBatchSampler, handle_signals, identity, input_hashes
 from t2i.train.task import OptimizerSpec, TrainTask
-from t2i.utils.atomic import atomic_dir, atomic_path, atomic_write_jsonl
+from t2i.utils.atomic import atomic_dir, atomic_path, atomic_write_jsonl, atomic_write_text
 from t2i.utils.compile import compile_if_wanted
 from t2i.utils.provenance import config_hash, write_provenance
 
@@ -196,7 +196,7 @@ class _Metrics:
             # purge_step hides events a killed run logged after the state we resume from.
             self.writer = SummaryWriter(str(out_dir / TENSORBOARD), purge_step=start + 1 if start else None)
             if report_to == "wandb":
-                self.wandb = _wandb_run(out_dir, run_config or {})
+                self.wandb = _wandb_run(out_dir, run_config or {}, fresh=start == 0)
 
     def add(self, scalars: dict[str, torch.Tensor]) -> None:
         for name, value in scalars.items():
@@ -245,14 +245,18 @@ class _Metrics:
             self.wandb.finish()
 
 
-def _wandb_run(out_dir: Path, run_config: dict):
-    """A W&B run for ``report_to: wandb`` (imported only then), resumed across restarts of the same folder."""
+def _wandb_run(out_dir: Path, run_config: dict, fresh: bool):
+    """A W&B run for ``report_to: wandb`` (imported only then): a new run for a fresh start, the same run (its id
+    kept in ``wandb_run_id`` beside the state) when training resumes."""
     try:
         import wandb
     except ImportError:
         raise ImportError("train.report_to is wandb but the wandb package is not installed (pip install wandb)") from None
-    run_id = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:16]
-    return wandb.init(dir=str(out_dir), id=run_id, resume="allow", name=out_dir.parent.name, config=run_config)
+    id_file = out_dir / "wandb_run_id"
+    if fresh or not id_file.is_file():
+        atomic_write_text(id_file, uuid.uuid4().hex[:16])
+    return wandb.init(dir=str(out_dir), id=id_file.read_text().strip(), resume="allow", name=out_dir.parent.name,
+                      config=run_config)
 
 
 class _StateTensors:
