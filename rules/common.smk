@@ -4,9 +4,21 @@ import re
 from t2i import workflow as wf
 
 RESULTS = wf.RESULTS
-# Jobs every experiment waits on (assets, reference statistics) take half the cores: on a 2-core laptop one
-# each, so an experiment's own jobs run beside them.
-SHARED_JOB_THREADS = max(1, workflow.cores // 2)
+
+
+def shared_job_threads():
+    """Jobs every experiment waits on (assets, reference statistics) take half the cores: on a 2-core laptop one
+    each, so an experiment's own jobs run beside them. Two where no local core count is set (a cluster executor,
+    a dry run)."""
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        return max(1, workflow.cores // 2)
+    except WorkflowError:
+        return 2
+
+
+SHARED_JOB_THREADS = shared_job_threads()
 EXPERIMENTS = list(config["experiments"])
 RUN = config["run"]
 
@@ -58,3 +70,8 @@ def report_inputs(wildcards):
         files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
         files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]
     return files
+
+
+def archive(wc):
+    """The archive entry (url, sha256, folder) of a download's file name."""
+    return wf.archives(config)[wc.file]

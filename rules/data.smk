@@ -28,10 +28,6 @@ rule dataset:
         "../workflow_scripts/build_dataset.py"
 
 
-def archive(wc):
-    """The archive entry (url, sha256, folder) of a download's file name."""
-    return wf.archives(config)[wc.file]
-
 
 rule download:
     output:

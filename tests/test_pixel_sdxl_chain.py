@@ -23,7 +23,7 @@ def chain_config() -> dict:
     cfg = {"run": chain["run"], "datasets": base["datasets"], "experiments": chain["experiments"],
            "pretrained": {**base["pretrained"], **chain["pretrained"]}, "report": {"grid_images": 4}}
     cfg["datasets"]["shapes32"].update(num_train=96, num_test=16, num_holdout=8)
-    del cfg["pretrained"]["minilm"], cfg["pretrained"]["inception"]
+    del cfg["pretrained"]["minilm"], cfg["pretrained"]["inception"], cfg["pretrained"]["shapes-sd3"]
     for name, steps in (("shapes-cnn", 20), ("shapes-clip", 20), ("shapes-vae", 6), ("shapes-sdxl", 6)):
         cfg["pretrained"][name].update(steps=steps, **({"batch_size": 16} if name != "shapes-cnn" else {}))
     for exp in cfg["experiments"].values():
