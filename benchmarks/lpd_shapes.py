@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _rounded(d: dict) -> dict:
@@ -36,11 +37,10 @@ def main() -> None:
     ap.add_argument("--configfile", type=Path, action="append", default=[])
     args = ap.parse_args()
 
+    from stages import build_asset, build_datasets, prepare_and_train, timed
+
     from t2i import workflow as wf
-    from t2i.checkpoints.assemble import assemble_asset
-    from t2i.checkpoints.hashing import write_sha256sums
     from t2i.config import load_config
-    from t2i.data.build import build_dataset
     from t2i.eval.shapes import ACCURACIES, score_folder
     from t2i.jobs import verified_inputs
     from t2i.systems import get_system
@@ -52,44 +52,19 @@ def main() -> None:
     results = Path(wf.RESULTS)
     experiments = [e for e in cfg["run"] if cfg["experiments"][e]["system"] == "lpd"]
 
-    def timed(label: str, fn, *a, **kw):
-        start = time.time()
-        out = fn(*a, **kw)
-        print(json.dumps({"stage": label, "wall_s": round(time.time() - start, 1)}), flush=True)
-        return out
-
-    for name in sorted({cfg["experiments"][e]["dataset"] for e in experiments}):
-        if not Path(wf.dataset_done(name)).is_file():
-            timed(f"dataset {name}", build_dataset, wf.dataset_config(cfg, name), results / "datasets" / name)
-
-    def asset(name: str) -> None:
-        for key, dep in wf.asset_dependencies(cfg, name).items():
-            if key != "dataset":
-                asset(Path(dep).name)
-        if not (results / "pretrained" / name).is_dir():
-            timed(f"asset {name}", assemble_asset, name, wf.asset_config(cfg, name), results / "pretrained" / name)
-
+    build_datasets(cfg, experiments)
     bases = {ref["asset"] for e in experiments for ref in [cfg["experiments"][e]["inputs"]["base"]] if "asset" in ref}
     for name in sorted(bases):
-        asset(name)
+        build_asset(cfg, name)
         metrics = json.loads((results / "pretrained" / name / "metrics.json").read_text())
         print(json.dumps({"base": name, "velocity_mse": metrics["velocity_mse"],
                           "untrained": metrics["velocity_mse_untrained"], "steps": metrics["steps"]}), flush=True)
 
     scores = {}
     for exp_name in experiments:
-        system = get_system("lpd")
-        out = results / exp_name
+        system, out = get_system("lpd"), results / exp_name
         if wf.trains(cfg, exp_name):
-            prepared = out / "prepared"
-            if not prepared.is_dir():
-                with atomic_dir(prepared) as tmp:
-                    system.prepare(wf.stage_experiment(cfg, exp_name, "prepare"),
-                                   verified_inputs(wf.stage_inputs(cfg, exp_name, "prepare")), tmp)
-                    write_sha256sums(tmp)
-            if not Path(wf.model_dir(exp_name)).is_dir():
-                timed(f"train {exp_name}", system.train, wf.stage_experiment(cfg, exp_name, "train"),
-                      verified_inputs(wf.stage_inputs(cfg, exp_name, "train")), out / "train")
+            prepare_and_train(cfg, exp_name)
         inputs = verified_inputs(wf.stage_inputs(cfg, exp_name, "sample"))
         prompts_jsonl = Path(inputs["dataset"]) / "prompts" / "long.jsonl"
         samples = out / "samples" / "long"

@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _scaled(cfg: dict, scale: float) -> None:
@@ -72,11 +73,10 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0)
     args = ap.parse_args()
 
+    from stages import build_asset, build_datasets, prepare_and_train, timed
+
     from t2i import workflow as wf
-    from t2i.checkpoints.assemble import assemble_asset
-    from t2i.checkpoints.hashing import write_sha256sums
     from t2i.config import load_config
-    from t2i.data.build import build_dataset
     from t2i.jobs import verified_inputs
     from t2i.systems import get_system
     from t2i.utils.atomic import atomic_dir, read_jsonl
@@ -87,26 +87,9 @@ def main() -> None:
     os.chdir(args.workdir)
     results = Path(wf.RESULTS)
 
-    def timed(label: str, fn, *a, **kw):
-        start = time.time()
-        out = fn(*a, **kw)
-        print(json.dumps({"stage": label, "wall_s": round(time.time() - start, 1)}), flush=True)
-        return out
-
-    datasets = {cfg["experiments"][e]["dataset"] for e in cfg["run"]}
-    for name in sorted(datasets):
-        if not Path(wf.dataset_done(name)).is_file():
-            timed(f"dataset {name}", build_dataset, wf.dataset_config(cfg, name), results / "datasets" / name)
-
-    def asset(name: str) -> None:
-        for dep in wf.asset_dependencies(cfg, name):
-            if dep != "dataset":
-                asset(wf.asset_config(cfg, name)[dep])
-        if not (results / "pretrained" / name).is_dir():
-            timed(f"asset {name}", assemble_asset, name, wf.asset_config(cfg, name), results / "pretrained" / name)
-
+    build_datasets(cfg, cfg["run"])
     for name in ("shapes-clip", "shapes-sdxl"):
-        asset(name)
+        build_asset(cfg, name)
     teacher = json.loads((results / "pretrained" / "shapes-sdxl" / "metrics.json").read_text())
     print(json.dumps({"teacher_eps_mse": teacher["eps_mse"], "untrained": teacher["eps_mse_untrained"]}), flush=True)
     prompts_jsonl = Path(wf.dataset_done(cfg["experiments"][cfg["run"][0]]["dataset"])).parent / "prompts" / "test.jsonl"
@@ -127,23 +110,11 @@ def main() -> None:
         return _scores(samples, prompts_jsonl)
 
     for exp_name in cfg["run"]:
-        system = get_system(cfg["experiments"][exp_name]["system"])
-        base = results / exp_name
-        prepared = base / "prepared"
-        if not prepared.is_dir():
-            with atomic_dir(prepared) as out:
-                system.prepare(wf.stage_experiment(cfg, exp_name, "prepare"),
-                               verified_inputs(wf.stage_inputs(cfg, exp_name, "prepare")), out)
-                write_sha256sums(out)
-        if not Path(wf.model_dir(exp_name)).is_dir():
-            timed(f"train {exp_name}", system.train, wf.stage_experiment(cfg, exp_name, "train"),
-                  verified_inputs(wf.stage_inputs(cfg, exp_name, "train")), base / "train")
+        prepare_and_train(cfg, exp_name)
         inputs = verified_inputs(wf.stage_inputs(cfg, exp_name, "sample"))
-        print(json.dumps({"experiment": exp_name, **sample(exp_name, inputs, base / "samples" / "test")}), flush=True)
+        print(json.dumps({"experiment": exp_name, **sample(exp_name, inputs, results / exp_name / "samples" / "test")}),
+              flush=True)
 
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from shapes_default import untrained_model
 
     last = cfg["run"][-1]
