@@ -36,6 +36,11 @@ def stage_inputs(stage):
     return lambda wc: wf.stage_inputs(config, wc.exp, stage)
 
 
+def sample_inputs(wc):
+    """The sample job's named inputs: its stage's, and the prompt set's layouts where the system plans."""
+    return wf.stage_inputs(config, wc.exp, "sample", wc.prompt_set)
+
+
 def stage_params(stage):
     return lambda wc: wf.stage_params(config, wc.exp, stage)
 
@@ -65,7 +70,7 @@ def evaluate_inputs(wc):
 def report_inputs(wildcards):
     files = []
     for exp in RUN:
-        model = wf.stage_inputs(config, exp, "sample").get("model")  # trained, or a `model` role's asset
+        model = wf.stage_inputs(config, exp, wf.model_stage(config["experiments"][exp]["system"])).get("model")
         files += [model] if model else []  # none where the experiment samples without a model (LPD's base alone)
         files += [f"{RESULTS}/{exp}/metrics/{ps}.json" for ps in wf.prompt_sets(config, exp)]
         files += [f"{RESULTS}/{exp}/samples/{ps}" for ps in wf.prompt_sets(config, exp)]

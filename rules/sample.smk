@@ -3,7 +3,7 @@
 
 rule sample:
     input:
-        unpack(stage_inputs("sample")),
+        unpack(sample_inputs),
     output:
         directory(f"{RESULTS}/{{exp}}/samples/{{prompt_set}}"),
     params:

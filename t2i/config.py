@@ -24,7 +24,8 @@ SCHEMA_PATH = SCHEMA_DIR / "config.schema.yaml"
 # Default weights asset of each feature extractor (``evaluate.extractor_asset: null``).
 EXTRACTOR_ASSETS = {"shapes-cnn": "shapes-cnn", "inception-v3-compat": "inception"}
 # Keys of a trained asset's block that name the assets its recipe trains from (e.g. the latent SDXL's VAE).
-RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder"), "sd3": ("text_encoder", "text_encoder_3")}
+RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder"), "sd3": ("text_encoder", "text_encoder_3"),
+                                                 "gligen": ("text_encoder",)}
 
 
 class ConfigError(ValueError):

@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-STAGES = ("dataset", "pretrained", "reference_stats", "prepare", "train", "sample", "evaluate", "report")
+STAGES = ("dataset", "pretrained", "reference_stats", "prepare", "train", "plan", "sample", "evaluate", "report")
 _SEVERITY = {"done": 0, "stale": 1, "missing": 2}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from t2i.config import EXTRACTOR_ASSETS, recipe_assets, system_spec
 
 RESULTS = "results"
-STAGES = ("prepare", "train", "sample", "evaluate")
+STAGES = ("prepare", "train", "plan", "sample", "evaluate")
 # Keys that change how fast a stage runs, never what it produces (a system adds its own in x-t2i.speed_keys).
 SPEED_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("save_every", "log_every", "num_workers", "compile"),
@@ -172,19 +172,43 @@ def trains(config: dict, exp: str) -> bool:
     return True
 
 
-def stage_inputs(config: dict, exp: str, stage: str) -> dict[str, str]:
+def model_stage(system: str) -> str:
+    """The stage that reads an experiment's trained model (``x-t2i.model_stage``; ``sample`` unless a system
+    trains something else, as LayoutLLM's policy, read by ``plan``)."""
+    return system_spec(system).get("model_stage", "sample")
+
+
+def plans(config: dict, exp: str) -> bool:
+    """Whether ``exp``'s system has a ``plan`` stage (per-prompt-set layouts that sampling reads)."""
+    return "plan" in system_spec(config["experiments"][exp]["system"])["stages"]
+
+
+def layouts_path(exp: str, prompt_set: str) -> str:
+    return f"{RESULTS}/{exp}/layouts/{prompt_set}.jsonl"
+
+
+def llm_cache_dir() -> Path:
+    """Where LLM answers are cached (by a hash of model, parameters and prompt): kept across reruns and shared by
+    experiments, so an unchanged query is never paid for twice."""
+    return Path(os.environ.get("T2I_LLM_CACHE", f"{RESULTS}/llm_cache"))
+
+
+def stage_inputs(config: dict, exp: str, stage: str, prompt_set: str | None = None) -> dict[str, str]:
     """Named inputs of a stage's job: ``dataset`` (its completion marker), the system's roles that the
-    stage reads, and the stage's own upstream (``prepared`` for train, ``model`` for sample: the
-    experiment's trained model where it :func:`trains`)."""
+    stage reads, and the stage's own upstream: ``prepared`` for train and plan, ``model`` for the system's
+    :func:`model_stage` (the experiment's trained model where it :func:`trains`), and for sample, in a
+    system that plans, the prompt set's ``layouts``."""
     e = config["experiments"][exp]
     inputs = {"dataset": dataset_done(e["dataset"])}
     for role, spec in system_spec(e["system"])["roles"].items():
         if stage in spec["stages"] and role in e["inputs"]:
             inputs[role] = source_path(e["inputs"][role])
-    if stage == "train":
+    if stage in ("train", "plan"):
         inputs["prepared"] = f"{RESULTS}/{exp}/prepared"
-    if stage == "sample" and trains(config, exp):
+    if stage == model_stage(e["system"]) and trains(config, exp):
         inputs["model"] = model_dir(exp)
+    if stage == "sample" and prompt_set is not None and plans(config, exp):
+        inputs["layouts"] = layouts_path(exp, prompt_set)
     return inputs
 
 

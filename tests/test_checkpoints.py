@@ -151,44 +151,6 @@ def test_url_asset_errors_name_the_key(srv, tmp_path):
     assert not out.exists()
 
 
-def test_chunked_checkpoint_is_concatenated_and_verified(srv, tmp_path):
-    """LayoutLLM ships its GLIGEN checkpoint in parts; a failed part resumes without refetching the others."""
-    whole = os.urandom(300_000)
-    parts = [whole[:100_000], whole[100_000:250_000], whole[250_000:]]
-    for i, part in enumerate(parts):
-        srv.add(f"/ckpt_chunk{i}.pth", part)
-    cfg = {"source": "chunks", "filename": "checkpoints_00335001.pth", "sha256": sha(whole),
-           "parts": [{"url": srv.url(f"/ckpt_chunk{i}.pth"), "sha256": sha(p)} for i, p in enumerate(parts)]}
-    out = tmp_path / "pretrained" / "gligen"
-
-    srv.routes["/ckpt_chunk2.pth"].status = 404
-    with pytest.raises(AssetError, match=r"^pretrained\.gligen\.parts\[2\]\.url: .*HTTP 404"):
-        assemble_asset("gligen", cfg, out)
-    assert not out.exists()
-    srv.routes["/ckpt_chunk2.pth"].status = 200
-    assemble_asset("gligen", cfg, out)
-    assert (out / "checkpoints_00335001.pth").read_bytes() == whole
-    assert [len(srv.requests_for(f"/ckpt_chunk{i}.pth")) for i in range(3)] == [1, 1, 2]
-    provenance = check_asset(out, cfg)
-    assert provenance["source"]["sha256"] == sha(whole)
-
-
-def test_chunks_in_wrong_order_fail_the_final_check(srv, tmp_path):
-    parts = [b"first-part", b"second-part"]
-    for i, part in enumerate(parts):
-        srv.add(f"/c{i}", part)
-    cfg = {"source": "chunks", "filename": "m.pth", "sha256": sha(b"".join(parts)),
-           "parts": [{"url": srv.url(f"/c{i}"), "sha256": sha(parts[i])} for i in (1, 0)]}
-    with pytest.raises(AssetError, match=rf"^pretrained\.m\.sha256: the 2 concatenated parts do not match: "
-                                         rf"expected sha256 {cfg['sha256']}, got {sha(parts[1] + parts[0])}"):
-        assemble_asset("m", cfg, tmp_path / "m")
-    assert [p.name for p in tmp_path.iterdir()] == ["m.download"]  # nothing under the final name
-    cfg["parts"].reverse()
-    assemble_asset("m", cfg, tmp_path / "m")  # the verified parts are not fetched again
-    assert (tmp_path / "m" / "m.pth").read_bytes() == b"".join(parts)
-    assert [len(srv.requests_for(f"/c{i}")) for i in range(2)] == [1, 1]
-
-
 def test_huggingface_asset_from_fake_hub(srv, tmp_path, monkeypatch):
     from transformers import AutoConfig, BertConfig
 

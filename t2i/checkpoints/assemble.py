@@ -3,8 +3,10 @@
 Sources (``pretrained.<name>.source``):
 
 - ``url``: one file (``url``, ``sha256``, optional ``filename`` and ``size``);
-- ``chunks``: ``parts`` (a list of ``{url, sha256}``) concatenated into ``filename`` and
-  checked against the whole file's ``sha256`` (LayoutLLM's GLIGEN checkpoint);
+- ``torch_parts``: one torch checkpoint published as several pickles (``parts``, a list of
+  ``{filename, sha256}`` from Hub repo ``repo_id`` or each from its ``url``), read with a
+  restricted unpickler, merged, and written as ``<component>/model.safetensors`` +
+  ``config.json`` per network (LayoutLLM's GLIGEN checkpoint; ``t2i.checkpoints.torch_parts``);
 - ``huggingface``: a Hub snapshot (``repo_id``, ``revision``, ``repo_type``, ``allow_patterns``);
 - ``python_package``: a folder (``subdir``) shipped inside an installed package (``package``);
 - ``local``: a file or folder on this machine (``path``), copied, or symlinked with ``link: true``;
@@ -24,13 +26,15 @@ import logging
 import os
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from t2i.checkpoints.hashing import ChecksumError, sha256_file, verify_sha256sums, write_sha256sums
+from t2i.checkpoints.restricted_pickle import RefusedGlobalError
 from t2i.checkpoints.safe_load import PICKLE_SUFFIXES, UnsafeCheckpointError, load_state_dict
+from t2i.checkpoints.torch_parts import COMPONENTS, PartsError, merge_parts, read_part, write_components
 from t2i.data.download import DownloadError, download_url
-from t2i.data.hf import HubDownloadError, snapshot
+from t2i.data.hf import HubDownloadError, download_file, snapshot
 from t2i.utils.atomic import atomic_dir
 from t2i.utils.provenance import write_provenance
 
@@ -106,36 +110,77 @@ def _from_url(asset: _Asset, tmp: Path, staging: Path) -> dict:
     return {"url": url, "filename": filename}
 
 
-def _from_chunks(asset: _Asset, tmp: Path, staging: Path) -> dict:
-    parts = asset.require("parts", list)
-    filename = asset.require("filename")
-    expected = asset.sha256(asset.cfg.get("sha256"), "sha256")
-    chunks, verified = [], []
-    for i, part in enumerate(parts):
-        if not isinstance(part, dict) or not isinstance(part.get("url"), str):
-            raise asset.error("expected a mapping with a 'url'", "parts", i)
-        part_sha256 = asset.sha256(part.get("sha256"), "parts", i, "sha256")
-        key = part_sha256[:16] if part_sha256 else f"part{i:03d}"  # verified parts survive a reordering
+def _from_torch_parts(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    specs = _part_specs(asset)
+    components = asset.cfg.get("components") or list(COMPONENTS)
+    loaded = []
+    for i, (filename, sha256, url) in enumerate(specs):
+        path = _fetch_part(asset, i, filename, sha256, url, staging)
         try:
-            chunks.append(download_url(part["url"], staging / f"{key}-{_url_filename(part['url'])}",
-                                       sha256=part_sha256))
-        except DownloadError as e:
-            raise asset.error(str(e), "parts", i, "url") from None
-        verified.append(part_sha256 is not None)
-    target = tmp / filename
-    with open(target, "wb") as out:
-        for chunk in chunks:
-            with open(chunk, "rb") as f:
-                shutil.copyfileobj(f, out, 16 << 20)
-    actual = sha256_file(target)
-    if expected is not None and actual != expected:
-        target.unlink()
-        for chunk, ok in zip(chunks, verified):
-            if not ok:  # it may be the wrong one: fetch it again next time
-                chunk.unlink()
-        raise asset.error(f"the {len(chunks)} concatenated parts do not match: expected sha256 {expected}, "
-                          f"got {actual}; check the order of `parts`", "sha256")
-    return {"parts": [p["url"] for p in parts], "filename": filename, "sha256": actual}
+            loaded.append(read_part(path, name=filename))
+        except (PartsError, RefusedGlobalError) as e:
+            raise asset.error(str(e), "parts", i) from None
+    names = [filename for filename, _, _ in specs]
+    try:
+        ckpt = merge_parts(loaded, names, components)
+    except PartsError as e:
+        raise asset.error(str(e), "parts") from None
+    parts = [{"filename": filename, "sha256": sha256} for filename, sha256, _ in specs]
+    record = write_components(ckpt, tmp, components, parts=parts)
+    where = {"url": [url for _, _, url in specs]} if asset.cfg.get("repo_id") is None else {
+        "repo_id": asset.cfg["repo_id"], "revision": asset.cfg.get("revision") or "main",
+        "repo_type": asset.cfg.get("repo_type") or "model"}
+    return {**where, **record}
+
+
+def _part_specs(asset: _Asset) -> list[tuple[str, str, str | None]]:
+    """``(filename, sha256, url)`` per part; parts come from ``repo_id`` or each from its own ``url``."""
+    parts = asset.require("parts", list)
+    if not parts:
+        raise asset.error("needs at least one part", "parts")
+    from_hub = asset.cfg.get("repo_id") is not None
+    if from_hub and not isinstance(asset.cfg["repo_id"], str):
+        raise asset.error(f"expected str, got {asset.cfg['repo_id']!r}", "repo_id")
+    specs = []
+    for i, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("filename"), str):
+            raise asset.error("expected a mapping with a 'filename'", "parts", i)
+        filename = part["filename"]
+        if PurePosixPath(filename).is_absolute() or ".." in PurePosixPath(filename).parts or not filename.strip():
+            raise asset.error(f"not a relative file name: {filename!r}", "parts", i, "filename")
+        if part.get("sha256") is None:
+            raise asset.error("required: the part's published SHA-256", "parts", i, "sha256")
+        url = part.get("url")
+        if from_hub == (url is not None):
+            raise asset.error("give either `repo_id` for all parts or a `url` for each part", "parts", i)
+        if url is not None and not isinstance(url, str):
+            raise asset.error(f"expected str, got {url!r}", "parts", i, "url")
+        specs.append((filename, asset.sha256(part["sha256"], "parts", i, "sha256"), url))
+    if len({s[0] for s in specs}) != len(specs):
+        raise asset.error("two parts have the same filename", "parts")
+    return specs
+
+
+def _fetch_part(asset: _Asset, i: int, filename: str, sha256: str, url: str | None, staging: Path) -> Path:
+    """A verified copy of the part in ``staging`` (one from an earlier run is reused)."""
+    path = staging / filename
+    if path.is_file() and sha256_file(path) == sha256:
+        log.info("%s: %s already downloaded and verified", asset.key("parts", i), filename)
+        return path
+    path.unlink(missing_ok=True)  # stale or damaged: fetch it again
+    try:
+        if url is not None:
+            return download_url(url, path, sha256=sha256)
+        download_file(asset.cfg["repo_id"], filename, staging, revision=asset.cfg.get("revision"),
+                      repo_type=asset.cfg.get("repo_type") or "model")
+    except (DownloadError, HubDownloadError) as e:
+        raise asset.error(f"{filename}: {e}", "parts", i) from None
+    actual = sha256_file(path)
+    if actual != sha256:
+        path.unlink()
+        raise asset.error(f"{filename}: checksum mismatch: expected sha256 {sha256}, got {actual}; the download "
+                          "was deleted", "parts", i, "sha256")
+    return path
 
 
 def _from_huggingface(asset: _Asset, tmp: Path, staging: Path) -> dict:
@@ -265,7 +310,7 @@ def _refuse_unsafe_pickles(asset: _Asset, folder: Path) -> None:
 
 SOURCES: dict[str, Callable[[_Asset, Path, Path], dict]] = {
     "url": _from_url,
-    "chunks": _from_chunks,
+    "torch_parts": _from_torch_parts,
     "huggingface": _from_huggingface,
     "python_package": _from_python_package,
     "local": _from_local,

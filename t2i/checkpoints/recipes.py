@@ -77,10 +77,18 @@ def sd3(cfg: dict, dataset_dir: Path, out_dir: Path, assets: dict[str, Path]) ->
     return train_shapes_sd3(dataset_dir, out_dir, cfg, assets)
 
 
+def gligen(cfg: dict, dataset_dir: Path, out_dir: Path, assets: dict[str, Path]) -> dict:
+    """The Shapes drawer of layoutllm (``t2i.latent.gligen``): a GLIGEN pipeline folder with the relation module."""
+    from t2i.latent.gligen import train_shapes_gligen
+
+    return train_shapes_gligen(dataset_dir, out_dir, cfg, assets)
+
+
 RECIPES: dict[str, Callable[[dict, Path, Path, dict[str, Path]], dict]] = {
     "shapes-cnn": shapes_cnn,
     "clip": clip,
     "vae": vae,
     "latent-sdxl": latent_sdxl,
     "sd3": sd3,
+    "gligen": gligen,
 }

@@ -1,4 +1,4 @@
-"""Hugging Face Hub snapshots into a plain folder (``huggingface_hub.snapshot_download``).
+"""Hugging Face Hub downloads into a plain folder: whole snapshots (``snapshot``) or single files (``download_file``).
 
 The token comes from the environment only (``HF_TOKEN``); the endpoint from
 ``HF_ENDPOINT`` at call time. When the Hub cannot be reached, files placed in ``dest``
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from huggingface_hub import constants, snapshot_download
-from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                     RepositoryNotFoundError, RevisionNotFoundError)
 
 from t2i.utils.secrets import hf_token, redact_text
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class HubDownloadError(RuntimeError):
-    """A Hub snapshot that could not be fetched; the message says what to do."""
+    """A Hub snapshot or file that could not be fetched; the message says what to do."""
 
 
 def snapshot(repo_id: str, dest: str | os.PathLike, *, revision: str | None = None, repo_type: str = "model",
@@ -29,15 +31,39 @@ def snapshot(repo_id: str, dest: str | os.PathLike, *, revision: str | None = No
     dest = Path(dest)
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     where = f"{repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    cli = f"hf download {repo_id} --repo-type {repo_type} --revision {revision or 'main'} --local-dir DIR"
     log.info("fetching %s into %s", where, dest)
-    try:
+    with _hub_errors(where, cli, dest):
         path = snapshot_download(
             repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
             local_dir=dest, cache_dir=dest / ".cache" / "huggingface" / "hub", endpoint=endpoint,
             token=token or hf_token() or False,  # never a token file from the home directory
         )
+    return Path(path)
+
+
+def download_file(repo_id: str, filename: str, dest: str | os.PathLike, *, revision: str | None = None,
+                  repo_type: str = "model", token: str | None = None) -> Path:
+    """Download one file of ``repo_id`` to ``dest/filename`` (resumable; metadata in ``dest/.cache``)."""
+    dest = Path(dest)
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    where = f"{filename} of {repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    cli = f"hf download {repo_id} {filename} --repo-type {repo_type} --revision {revision or 'main'} --local-dir DIR"
+    log.info("fetching %s into %s", where, dest)
+    with _hub_errors(where, cli, dest):
+        path = hf_hub_download(
+            repo_id, filename, repo_type=repo_type, revision=revision, local_dir=dest,
+            cache_dir=dest / ".cache" / "huggingface" / "hub", endpoint=endpoint, token=token or hf_token() or False,
+        )
+    return Path(path)
+
+
+@contextmanager
+def _hub_errors(where: str, cli: str, dest: Path) -> Iterator[None]:
+    """Turn huggingface_hub's errors into one ``HubDownloadError`` line saying what to do."""
+    try:
+        yield
     except LocalEntryNotFoundError as e:  # offline, unreachable, or a partial snapshot
-        cli = f"hf download {repo_id} --repo-type {repo_type} --revision {revision or 'main'} --local-dir DIR"
         raise HubDownloadError(
             f"cannot fetch {where}: {_first_line(e)}. Fetch it where the Hub is reachable (`{cli}`) "
             f"and place the files in {dest}; they are used as they are when the Hub is unreachable") from None
@@ -47,9 +73,10 @@ def snapshot(repo_id: str, dest: str | os.PathLike, *, revision: str | None = No
         raise HubDownloadError(
             f"cannot fetch {where}: repository not found or not accessible ({type(e).__name__}); for a private "
             "or gated repo accept its licence on the Hub and set HF_TOKEN in the environment") from None
+    except EntryNotFoundError:
+        raise HubDownloadError(f"cannot fetch {where}: no such file in the repository (HTTP 404)") from None
     except HfHubHTTPError as e:
         raise HubDownloadError(f"cannot fetch {where}: {_first_line(e)}") from None
-    return Path(path)
 
 
 def _first_line(error: Exception) -> str:

@@ -97,3 +97,7 @@ register_metric_family(MetricFamily(
 register_metric_family(MetricFamily(
     "clip_score", "CLIP score of each image with its own prompt (needs evaluate.clip_asset)",
     "t2i.eval.clip_score:clip_score_metric_family", _clip_inputs))
+register_metric_family(MetricFamily(
+    "layout", "how images follow their planned layout (samples' index.jsonl `layout`; LayoutLLM): detector IoU, "
+    "hit and inside rates, and plan vs ground-truth max-IoU and layout similarity",
+    "t2i.eval.layout:layout_metric_family"))

@@ -16,6 +16,7 @@ SYSTEMS: dict[str, str] = {
     "lafite": "t2i.systems.lafite:LafiteSystem",
     "pixel_sdxl": "t2i.systems.pixel_sdxl:PixelSDXLSystem",
     "lpd": "t2i.systems.lpd:LPDSystem",
+    "layoutllm": "t2i.systems.layoutllm:LayoutLLMSystem",
 }
 
 

@@ -1,0 +1,1 @@
+"""Layout planning (LayoutLLM): in-context examples, LLM prompts and answers, planners, policy, layout metrics."""
