@@ -6,7 +6,8 @@ Runs ``snakemake`` in a fresh working directory (so every stage really runs), re
 per-job benchmark files that the rules write, then scores each trained experiment against
 the same network untrained (randomly initialised, same seed, same sampler) on its first prompt set
 (``test``: single-object prompts test colour and shape; LPD's ``long``: the decomposer untrained on the
-same trained SD3 base), each prompt with ``--images-per-prompt`` seeds; for LAFITE also the trained
+same trained SD3 base; LayoutLLM's drawer untrained, drawing the trained policy's plans), each prompt with
+``--images-per-prompt`` seeds; for LAFITE also the trained
 generator conditioned on random features instead of the prompts' CLIP features. Experiments without a
 train stage (LPD's base alone) have no network of their own to re-initialise.
 """
@@ -92,16 +93,14 @@ def controls(workdir: Path, config: dict, exp_name: str, per_prompt: int) -> dic
                                     per_prompt=per_prompt, **kw) for label, kw in runs.items()}
 
 
-def untrained_sd3(base: Path, out_dir: Path, seed: int) -> Path:
-    """A copy of an SD3 pipeline folder whose transformer is re-initialised (its text encoders are pretrained
-    or trained separately: they stay)."""
+def reinitialised(pipeline: Path, network: str, cls, out_dir: Path, seed: int) -> Path:
+    """A copy of a pipeline folder whose ``network`` subfolder (a ``cls``) is re-initialised (its text encoders
+    are pretrained or trained separately: they stay)."""
     import torch
-    from diffusers import SD3Transformer2DModel
 
-    shutil.copytree(base, out_dir, dirs_exist_ok=True)
-    config = SD3Transformer2DModel.load_config(base / "transformer")
+    shutil.copytree(pipeline, out_dir, dirs_exist_ok=True)
     torch.manual_seed(seed)
-    SD3Transformer2DModel.from_config(config).save_pretrained(out_dir / "transformer")
+    cls.from_config(cls.load_config(pipeline / network)).save_pretrained(out_dir / network)
     return out_dir
 
 
@@ -113,14 +112,24 @@ def sample_and_score(workdir: Path, config: dict, exp_name: str, *, trained: boo
     from t2i.systems import get_system
     from t2i.utils.atomic import read_jsonl
 
+    from diffusers import SD3Transformer2DModel
+
+    from t2i.models.gligen import RelationUNet2DConditionModel
+
     exp = wf.stage_experiment(config, exp_name, "sample")
-    inputs = {role: workdir / path for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample")).items()}
+    prompt_set = config["experiments"][exp_name]["sample"]["prompt_sets"][0]
+    inputs = {role: workdir / path
+              for role, path in wf.input_folders(wf.stage_inputs(config, exp_name, "sample", prompt_set)).items()}
     if not trained:
         seed = config["experiments"][exp_name]["train"]["seed"]
-        inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
+        if "model" in inputs:
+            inputs["model"] = untrained_model(inputs["model"], workdir / CONTROLS / f"untrained_{exp_name}", seed)
         if untrained_base:
-            inputs["base"] = untrained_sd3(inputs["base"], workdir / CONTROLS / f"untrained_base_{exp_name}", seed)
-    prompt_set = config["experiments"][exp_name]["sample"]["prompt_sets"][0]
+            inputs["base"] = reinitialised(inputs["base"], "transformer", SD3Transformer2DModel,
+                                           workdir / CONTROLS / f"untrained_base_{exp_name}", seed)
+        if "drawer" in inputs:  # LayoutLLM: its policy plans as trained, the drawer is re-initialised
+            inputs["drawer"] = reinitialised(inputs["drawer"], "unet", RelationUNet2DConditionModel,
+                                             workdir / CONTROLS / f"untrained_drawer_{exp_name}", seed)
     prompts = inputs["dataset"] / "prompts" / f"{prompt_set}.jsonl"
     exp["sample"] = {**exp["sample"], "num_images": per_prompt * len(read_jsonl(prompts))}
     with patch():
@@ -179,6 +188,10 @@ def main() -> None:
                   f"IS {fid.get('isc_mean', float('nan')):.2f}")
             for kind, v in shapes.get("by_type", {}).items():
                 print(f"    {kind:<9} prompt_acc {v['prompt_acc']:.3f}  object_acc {v['object_acc']:.3f}")
+            if m.get("layout"):
+                print("    layout   " + "  ".join(f"{k} {m['layout'][k]:.3f}" for k in
+                                                 ("plan_miou", "plan_layout_sim", "layout_iou", "layout_inside")
+                                                 if m["layout"].get(k) is not None))
         for label, acc in controls(workdir, config, exp_name, args.images_per_prompt).items():
             single = acc.get("by_type", {}).get("single", {})
             print(f"{exp_name} {label} / {exp['sample']['prompt_sets'][0]}, {args.images_per_prompt} images per "
