@@ -27,7 +27,8 @@ def layoutllm_config(base_url: str) -> dict:
               "evaluate": {"families": ["shapes", "layout", "fidelity"], "extractor": "shapes-cnn",
                            "extractor_asset": "cnn_a", "metrics": ["fid"]},
               "resources": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "cpus_per_task": 1}}
-    policy = {**copy.deepcopy(common), "reward": {"iou": 10, "similarity": 10, "detector": 1, "draw_steps": 2},
+    policy = {**copy.deepcopy(common),
+              "reward": {"iou": 10, "similarity": 10, "detector": 1, "draw_steps": 2, "cfg": 2.0},
               "train": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "save_every": 2, "log_every": 1}}
     random_pick = copy.deepcopy(common)
     random_pick["policy"] = {"select": "random"}

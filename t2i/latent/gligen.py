@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2i.layout.examples import shapes_layout
 from t2i.models.gligen import RelationUNet2DConditionModel, relation_kwargs
 
 UNET = "unet"
@@ -177,14 +178,15 @@ class GLIGENDrawer(torch.nn.Module):
         if self.vae is None:
             return torch.nn.functional.pixel_unshuffle(images, self.patch)
         with torch.autocast(images.device.type, enabled=False):
-            return self.vae.encode(images.float()).latent_dist.sample() * self.vae.config.scaling_factor
+            return self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return torch.nn.functional.pixel_shuffle(latents.float(), self.patch).clamp(-1, 1)
         with torch.autocast(latents.device.type, enabled=False):
-            return self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+            z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(z).sample.float().clamp(-1, 1)
 
     def conditions(self, captions: list[str], layouts: list[list[dict]] | None, relations: list[list[str]],
                    device) -> dict:
@@ -251,9 +253,13 @@ def unconditional(drawer: GLIGENDrawer, relations: list[list[str]], device) -> d
 
 
 def save_pipeline(out_dir: Path, unet, text: ClipText, scheduler) -> None:
-    """A ``StableDiffusionGLIGENPipeline``-layout folder without ``vae/`` (pixel space)."""
+    """A ``StableDiffusionGLIGENPipeline``-layout folder without ``vae/`` (pixel space); its scheduler is PLMS
+    (``PNDMScheduler``, the original's sampler; deterministic given the initial noise) on the training betas."""
+    from diffusers import PNDMScheduler
+
     from t2i.utils.atomic import atomic_write_json
 
+    scheduler = PNDMScheduler.from_config(scheduler.config, skip_prk_steps=True)
     unet.save_pretrained(out_dir / UNET)
     scheduler.save_pretrained(out_dir / "scheduler")
     text.model.save_pretrained(out_dir / "text_encoder")
@@ -280,11 +286,6 @@ def unet_config(cfg: dict, image_size: int, text_dim: int) -> dict:
                 down_block_types=down, up_block_types=[b.replace("Down", "Up") for b in reversed(down)],
                 layers_per_block=1, cross_attention_dim=text_dim, relation_dim=text_dim,
                 attention_head_dim=cfg["head_dim"], norm_num_groups=8)
-
-
-def shapes_layout(objects: list[dict], image_size: int) -> list[dict]:
-    """A Shapes image's objects as a layout: ``{"name": "<colour> <shape>", "box": normalised xyxy}``."""
-    return [{"name": f"{o['color']} {o['shape']}", "box": [v / image_size for v in o["box"]]} for o in objects]
 
 
 class _LayoutItems(torch.utils.data.Dataset):

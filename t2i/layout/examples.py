@@ -34,7 +34,10 @@ def _example(entry, where: str) -> dict:
     missing = [k for k in ("captions", "label", "bbox") if k not in entry]
     if missing:
         raise CandidateFileError(f"{where}: no {', '.join(missing)}")
-    caption = entry["captions"][0] if isinstance(entry["captions"], list) else entry["captions"]
+    captions = entry["captions"]
+    if isinstance(captions, list) and not captions:
+        raise CandidateFileError(f"{where}: empty captions")
+    caption = captions[0] if isinstance(captions, list) else captions
     labels, boxes = entry["label"], entry["bbox"]
     if not isinstance(caption, str) or not isinstance(labels, list) or not isinstance(boxes, list) \
             or len(labels) != len(boxes):
@@ -45,7 +48,7 @@ def _example(entry, where: str) -> dict:
             raise CandidateFileError(f"{where}: bbox {box!r} is not [xc, yc, w, h]")
         xc, yc, w, h = box
         objects.append({"name": str(name), "box": [xc - w / 2, yc - h / 2, w, h]})
-    return {"caption": caption, "objects": objects}
+    return {"caption": caption, "objects": objects, **({"spec": entry["spec"]} if "spec" in entry else {})}
 
 
 def read_candidates(path: str | Path) -> list[dict]:
@@ -74,14 +77,18 @@ def write_candidates(path: str | Path, examples: list[dict], image_size: int) ->
     atomic_write_json(path, {"id": [e["id"] for e in examples], "data": data})
 
 
+def shapes_layout(objects: list[dict], image_size: int) -> list[dict]:
+    """A Shapes image's objects as a layout: ``{"name": "<colour> <shape>", "box": normalised xyxy}``."""
+    return [{"name": f"{o['color']} {o['shape']}", "box": [v / image_size for v in o["box"]]} for o in objects]
+
+
 def shapes_examples(rows: list[dict], image_size: int) -> list[dict]:
     """Examples from Shapes annotation rows: short caption, ``"<colour> <shape>"`` objects, the detector's spec."""
     from t2i.data.shapes import spec_of
 
     return [{"id": r["name"], "caption": r["caption"], "spec": spec_of(r["objects"], r["relation"]),
-             "objects": [{"name": f"{o['color']} {o['shape']}",
-                          "box": xyxy_to_xywh([v / image_size for v in o["box"]])} for o in r["objects"]]}
-            for r in rows]
+             "objects": [{"name": o["name"], "box": xyxy_to_xywh(o["box"])}
+                         for o in shapes_layout(r["objects"], image_size)]} for r in rows]
 
 
 def split_candidates(rows: list[dict], cand_number: int, train_number: int, seed: int) -> tuple[list, list]:

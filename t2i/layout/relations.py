@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 
-from t2i.data.shapes import PALETTE, RELATION_WORDS, SHAPES
+from t2i.data.shapes import COUNT_WORDS, PALETTE, RELATION_WORDS, SHAPES
 
-_OBJECT = rf"(?:a|an|the)\s+(?:(?:small|large)\s+)?({'|'.join(PALETTE)})\s+({'|'.join(SHAPES)})"
+_OBJECT = (rf"(?:a|an|the|{'|'.join(COUNT_WORDS.values())})\s+(?:(?:small|large)\s+)?({'|'.join(PALETTE)})\s+"
+           rf"({'|'.join(SHAPES)})s?")
 _RELATION = re.compile(rf"{_OBJECT}\s+(?:is\s+)?({'|'.join(RELATION_WORDS.values())})\s+{_OBJECT}", re.IGNORECASE)
 
 

@@ -46,9 +46,11 @@ class RelationCrossAttention(torch.nn.Module):
             return hidden
         b, n, c = x.shape
         h, w = level_size(relation["size"], n)
-        cells = box_cells(relation["boxes"], relation["masks"], h, w).to(hidden.dtype)  # [B, slots, h*w]
-        area = cells.sum(-1, keepdim=True)
-        objects = (cells @ hidden) / area.clamp(min=1)  # mean inside each box; zero for invalid slots
+        cells = box_cells(relation["boxes"], relation["masks"], h, w)  # [B, slots, h*w]
+        exact = torch.promote_types(hidden.dtype, torch.float32)  # box areas exact under bf16 too
+        means = cells.to(exact) / cells.sum(-1, keepdim=True).clamp(min=1).to(exact)
+        objects = means.to(hidden.dtype) @ hidden  # the mean inside each box; zero for invalid slots
+        cells = cells.to(hidden.dtype)
         objects = objects + self.alpha_attn.tanh() * self.attn(self.norm1(objects),
                                                                encoder_hidden_states=relation["embeddings"].to(x.dtype))
         objects = objects + self.alpha_dense.tanh() * self.ff(self.norm2(objects))

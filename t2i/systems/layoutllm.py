@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "layoutllm"
 POLICY = "policy"
 CANDIDATES, QUERIES, FEATURES, SUMMARY = "candidates.json", "train_queries.json", "features.safetensors", "summary.json"
-CANDIDATE_FILE = "train2014_candidate_32.json"
+TRAIN_SPEED_KEYS = ("save_every", "log_every")
 
 
 # ---------------------------------------------------------------------------- CLIP text features
@@ -45,9 +46,11 @@ class ClipFeatures:
     """CLIP's projected text features (``get_text_features``; not normalised), as the policy reads them."""
 
     def __init__(self, folder: Path, device=None):
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        self.model = CLIPModel.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False)
+        from t2i.text.sdxl_encoders import text_model
+
+        self.model = text_model(CLIPTextModelWithProjection, Path(folder)).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.device = device or torch.device("cpu")
         self.model.to(self.device)
@@ -62,7 +65,7 @@ class ClipFeatures:
         for i in range(0, len(texts), batch_size):
             ids = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                                  max_length=self.tokenizer.model_max_length, return_tensors="pt").to(self.device)
-            out.append(self.model.text_projection(self.model.text_model(**ids).pooler_output).float().cpu())
+            out.append(self.model(**ids).text_embeds.float().cpu())
         return torch.cat(out)
 
 
@@ -83,9 +86,6 @@ def read_prepared(prepared: Path) -> tuple[list[dict], list[dict], dict[str, tor
     from t2i.layout.examples import read_candidates
 
     queries = read_candidates(prepared / QUERIES) if (prepared / QUERIES).is_file() else []
-    specs = json.loads((prepared / QUERIES).read_text(encoding="utf-8"))["data"] if queries else []
-    for q, raw in zip(queries, specs):
-        q["spec"] = raw.get("spec")
     return read_candidates(prepared / CANDIDATES), queries, load_file(prepared / FEATURES)
 
 
@@ -133,7 +133,8 @@ class PolicyTask:
         self.modules, self.frozen, self.ema = {POLICY: policy}, ({"drawer": drawer} if drawer is not None else {}), []
         self.optimizers = {POLICY: OptimizerSpec([{"params": list(policy.parameters())}], lr=t["lr"], kind="adam")}
         self.identity = {"policy": public_config(policy), "plan": exp["plan"], "reward": exp["reward"],
-                         "candidates": exp["candidates"]}
+                         "candidates": exp["candidates"],
+                         "train": {k: v for k, v in t.items() if k not in TRAIN_SPEED_KEYS}}
         self.relations = _relations(exp)
 
     def _rewards(self, ctx, plans: list[list[dict]], queries: list[dict], step: int) -> list[float]:
@@ -155,16 +156,17 @@ class PolicyTask:
         from t2i.eval.shapes import detect, score_one
         from t2i.latent.gligen import draw, unconditional
 
-        drawer, s = ctx.module("drawer"), self.exp["sample"]
+        drawer, r = ctx.module("drawer"), self.exp["reward"]
         device = next(drawer.parameters()).device
         prompts = [q["caption"] for q in queries]
         relations = [self.relations(p) for p in prompts]
-        c, h, w = drawer.unet.config.in_channels, drawer.unet.config.sample_size, drawer.unet.config.sample_size
-        gen = torch.Generator().manual_seed(self.exp["train"]["seed"] * 100003 + step)
-        noise = torch.randn((len(plans), c, h, w), generator=gen).to(device)
+        c, h = drawer.unet.config.in_channels, drawer.unet.config.sample_size
+        noise = torch.stack([torch.randn((c, h, h), generator=torch.Generator().manual_seed(int(
+            np.random.default_rng([self.exp["train"]["seed"] % 2**64, step, q["index"], 3]).integers(2**62))))
+            for q in queries]).to(device)  # per (step, query): independent of the batch's other queries
         x = draw(drawer, noise, drawer.conditions(prompts, plans, relations, device),
-                 unconditional(drawer, relations, device) if s["cfg"] != 1 else None,
-                 steps=self.exp["reward"]["draw_steps"], cfg=s["cfg"], beta=s["beta"], scheduler=s["scheduler"])
+                 unconditional(drawer, relations, device) if r["cfg"] != 1 else None,
+                 steps=r["draw_steps"], cfg=r["cfg"], beta=r["beta"], scheduler=r["scheduler"])
         images = tensor_to_uint8(drawer.decode(x))
         return [score_one(detect(img), q["spec"])["prompt_acc"] for img, q in zip(images, queries)]
 
@@ -173,13 +175,16 @@ class PolicyTask:
 
         policy, exp = ctx.module(POLICY), self.exp
         device = next(policy.parameters()).device
-        rng = np.random.default_rng([exp["train"]["seed"] % 2**64, step])
         cand = self.features["candidates"].to(device)
+        # PolicyNetwork.scores by hand: ``policy`` may be its DDP wrapper, whose forward is the Linear
         scores = policy(self.features["queries"][batch].to(device)) @ policy(cand).T
         log_probs, plans, queries = [], [], []
-        for row, q in zip(scores, (self.queries[i] for i in batch)):
+        for row, index in zip(scores, batch):
+            q = {**self.queries[index], "index": index}
+            rng = np.random.default_rng([exp["train"]["seed"] % 2**64, step, index])  # resumable, per query
             picks, logp = sample_examples(row, exp["plan"]["shot_number"], exp["train"]["policy_temperature"], rng)
-            answer = self.planner.answer(q["caption"], [self.candidates[i] for i in picks])
+            examples = [self.candidates[i] for i in picks[::-1]]  # reversed as the original (train_rl.py)
+            answer = self.planner.answer(q["caption"], examples)
             layout, _ = plan_layout(answer, {**exp["plan"], "on_malformed": "empty"}, q["caption"])
             if layout:  # an empty parse is skipped, as the original
                 log_probs.append(logp), plans.append(layout), queries.append(q)
@@ -200,18 +205,8 @@ class PolicyTask:
         save_model_folder(out_dir, SYSTEM, {POLICY: policy})
 
 
-class _QueryIndices(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
 def _indices(items: list[int]) -> list[int]:
+    """The loop's batches are lists of query indices (a ``range`` is the dataset)."""
     return list(items)
 
 
@@ -222,7 +217,11 @@ def load_policy(source: Path, exp: dict, in_dim: int):
 
     source, size = Path(source), exp["policy"]["embedding_size"]
     if (source / INDEX).is_file():
-        return load_component(source, POLICY, system=SYSTEM)
+        policy = load_component(source, POLICY, system=SYSTEM)
+        if policy.config.in_dim != in_dim:
+            raise ValueError(f"inputs.model: {source}'s policy reads {policy.config.in_dim}-d features, inputs.clip "
+                             f"gives {in_dim}-d ones")
+        return policy
     files = [source] if source.is_file() else sorted(source.glob("*.pt")) + sorted(source.glob("*.pth"))
     if len(files) != 1:
         raise ValueError(f"inputs.model: {source} holds {len(files)} .pt files, not one policy state dict")
@@ -275,17 +274,20 @@ class LayoutLLMSystem:
                              "only): sample with a trained policy in the `model` role, or draw examples from a "
                              "Shapes dataset")
         t = exp["train"]
+        if t["batch_size"] > len(queries):
+            raise ValueError(f"train.batch_size {t['batch_size']} exceeds the {len(queries)} training queries "
+                             "(candidates.train_number)")
         torch.manual_seed(t["seed"])
         policy = PolicyNetwork(in_dim=features["candidates"].shape[1],
                                embedding_size=exp["policy"]["embedding_size"])
         drawer = GLIGENDrawer.load(inputs["drawer"]) if exp["reward"]["detector"] else None
         task = PolicyTask(policy, drawer, exp, candidates, queries, features, make_planner(exp["plan"], llm_cache_dir()))
-        steps = t["epochs"] * -(-len(queries) // t["batch_size"])
-        run_training(task, _QueryIndices(len(queries)),
+        steps = t["epochs"] * (len(queries) // t["batch_size"])  # the loop's epochs drop the remainder
+        used = ("prepared", "drawer") if drawer is not None else ("prepared",)
+        run_training(task, range(len(queries)),
                      {"steps": steps, "batch_size": t["batch_size"], "seed": t["seed"], "mixed_precision": "no",
                       "compile": False, "save_every": t["save_every"], "log_every": t["log_every"]},
-                     out_dir, inputs={k: inputs[k] for k in ("prepared", "drawer", "clip") if k in inputs},
-                     collate_fn=_indices)
+                     out_dir, inputs={k: inputs[k] for k in used}, collate_fn=_indices)
 
     def plan(self, exp: dict, inputs: dict[str, Path], prompts: list[dict], out_path: Path) -> None:
         from t2i.layout.planner import make_planner
@@ -299,8 +301,8 @@ class LayoutLLMSystem:
         planner = make_planner(exp["plan"], llm_cache_dir())
         queries = ClipFeatures(inputs["clip"])([p["prompt"] for p in prompts])
         relations, rows, dropped = _relations(exp), [], 0
-        for i, (p, q) in enumerate(zip(prompts, queries)):
-            rng = np.random.default_rng([exp["plan"]["seed"], i])
+        for p, q in zip(prompts, queries):
+            rng = np.random.default_rng([exp["plan"]["seed"] % 2**64, zlib.crc32(p["id"].encode())])  # by prompt id
             picks = select(exp, policy, q, cand, rng)
             examples = [candidates[k] for k in picks]
             answer = planner.answer(p["prompt"], examples)
