@@ -22,6 +22,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, and no request lines on stderr (test output stays clean)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args) -> None:
+        return None
+
+
 @dataclass
 class Route:
     body: bytes
@@ -53,21 +62,45 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class LoopbackServer:
-    """Threaded HTTP server on 127.0.0.1 (a free port) serving registered routes."""
+class ServerThread:
+    """A threaded HTTP server on 127.0.0.1 (a free port) with the handler ``_handler_class()`` returns, serving
+    inside ``with``; ``requests`` records what clients sent."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.requests: list[Request] = []
+        self.requests: list = []
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 
     @property
-    def base_url(self) -> str:
+    def address(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+    def _handler_class(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class LoopbackServer(ServerThread):
+    """Serves registered routes."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        super().__init__()
+
+    @property
+    def base_url(self) -> str:
+        return self.address
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -87,24 +120,10 @@ class LoopbackServer:
     def requests_for(self, path: str, method: str = "GET") -> list[Request]:
         return [r for r in self.requests if r.path == path and r.method == method]
 
-    def __enter__(self) -> "LoopbackServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format, *args):  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_HEAD(self):
                 self._serve(send_body=False)
 

@@ -11,12 +11,10 @@ with OpenAI's 400 for reasoning models; ``refuse_temperature`` does the same for
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from http_server import _Server
+from http_server import QuietHandler, ServerThread
 
 MAX_TOKENS_ERROR = {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
                                "Use 'max_completion_tokens' instead.",
@@ -37,7 +35,7 @@ class ChatRequest:
     headers: dict[str, str]  # names in lower case
 
 
-class FakeOpenAI:
+class FakeOpenAI(ServerThread):
     """Threaded OpenAI-compatible chat server on 127.0.0.1 (a free port)."""
 
     def __init__(self, answer: Callable[[dict], str | None] = lambda body: "cat: [0.1, 0.2, 0.3, 0.4]", *,
@@ -50,25 +48,11 @@ class FakeOpenAI:
         self.fail_status = fail_status
         self.refuse_max_tokens = refuse_max_tokens
         self.refuse_temperature = refuse_temperature
-        self.requests: list[ChatRequest] = []
-        self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer = _Server(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        super().__init__()
 
     @property
     def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> "FakeOpenAI":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        return self.address + "/v1"
 
     def respond(self, path: str, body: dict) -> tuple[int, dict]:
         """Status and JSON reply for one request (already recorded)."""
@@ -94,12 +78,7 @@ class FakeOpenAI:
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format, *args):  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)

@@ -28,33 +28,33 @@ class HubDownloadError(RuntimeError):
 def snapshot(repo_id: str, dest: str | os.PathLike, *, revision: str | None = None, repo_type: str = "model",
              allow_patterns: list[str] | str | None = None, token: str | None = None) -> Path:
     """Download ``repo_id`` at ``revision`` into ``dest`` (resumable; metadata in ``dest/.cache``)."""
-    dest = Path(dest)
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    where = f"{repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
-    cli = f"hf download {repo_id} --repo-type {repo_type} --revision {revision or 'main'} --local-dir DIR"
-    log.info("fetching %s into %s", where, dest)
-    with _hub_errors(where, cli, dest):
-        path = snapshot_download(
-            repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns,
-            local_dir=dest, cache_dir=dest / ".cache" / "huggingface" / "hub", endpoint=endpoint,
-            token=token or hf_token() or False,  # never a token file from the home directory
-        )
-    return Path(path)
+    return _fetch(snapshot_download, repo_id, None, dest, revision=revision, repo_type=repo_type, token=token,
+                  allow_patterns=allow_patterns)
 
 
 def download_file(repo_id: str, filename: str, dest: str | os.PathLike, *, revision: str | None = None,
                   repo_type: str = "model", token: str | None = None) -> Path:
     """Download one file of ``repo_id`` to ``dest/filename`` (resumable; metadata in ``dest/.cache``)."""
+    return _fetch(hf_hub_download, repo_id, filename, dest, revision=revision, repo_type=repo_type, token=token)
+
+
+def _fetch(download, repo_id: str, filename: str | None, dest: str | os.PathLike, *, revision: str | None,
+           repo_type: str, token: str | None, **kwargs) -> Path:
+    """``download`` (``snapshot_download``, or ``hf_hub_download`` of ``filename``) into ``dest``, its errors as
+    one :class:`HubDownloadError` naming what and where, and the ``hf download`` command that does the same."""
     dest = Path(dest)
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    where = f"{filename} of {repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
-    cli = f"hf download {repo_id} {filename} --repo-type {repo_type} --revision {revision or 'main'} --local-dir DIR"
+    what = f"{filename} of " if filename else ""
+    where = f"{what}{repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    cli = (f"hf download {repo_id}{' ' + filename if filename else ''} --repo-type {repo_type} "
+           f"--revision {revision or 'main'} --local-dir DIR")
     log.info("fetching %s into %s", where, dest)
+    args = (repo_id, filename) if filename else (repo_id,)
     with _hub_errors(where, cli, dest):
-        path = hf_hub_download(
-            repo_id, filename, repo_type=repo_type, revision=revision, local_dir=dest,
-            cache_dir=dest / ".cache" / "huggingface" / "hub", endpoint=endpoint, token=token or hf_token() or False,
-        )
+        path = download(*args, repo_type=repo_type, revision=revision, local_dir=dest,
+                        cache_dir=dest / ".cache" / "huggingface" / "hub", endpoint=endpoint,
+                        token=token or hf_token() or False,  # never a token file from the home directory
+                        **kwargs)
     return Path(path)
 
 
