@@ -41,6 +41,7 @@ Sizes and positions are described by captions but are not part of the spec.
 """
 from __future__ import annotations
 
+import json
 import time
 from itertools import combinations
 from pathlib import Path
@@ -74,6 +75,15 @@ _SUPERSAMPLE = 4  # shapes are drawn this much larger, then box-filtered down (a
 _MAX_LAYOUT_TRIES = 1000
 _CANDIDATES = 32  # positions drawn at once per object
 _CONFIG_KEYS = ("seed", "image_size", "num_train", "num_test", "max_objects", "holdout_pairs", "num_holdout")
+
+
+def image_size_of(dataset_dir: Path) -> int:
+    """A generated Shapes dataset's image side, from its ``provenance.json``."""
+    provenance = Path(dataset_dir) / "provenance.json"
+    try:
+        return json.loads(provenance.read_text(encoding="utf-8"))["config"]["image_size"]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{provenance}: cannot read config.image_size of the Shapes dataset ({e!r})") from e
 
 
 def margins(image_size: int) -> tuple[int, int]:

@@ -14,25 +14,19 @@ None where no prompt has ground truth.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from t2i.data.shapes import image_size_of
 from t2i.eval.shapes import detect
+from t2i.layout.examples import shapes_layout
 from t2i.layout.metrics import layout_similarity, match_boxes, max_iou
 from t2i.utils.atomic import read_jsonl
 
 HIT_IOU = 0.5
-
-
-def shapes_layout(objects: list[dict], width: int, height: int) -> list[dict]:
-    """Shapes objects or detections (pixel ``box``, x1/y1 exclusive) as a normalised layout."""
-    return [{"name": f"{o['color']} {o['shape']}",
-             "box": [o["box"][0] / width, o["box"][1] / height, o["box"][2] / width, o["box"][3] / height]}
-            for o in objects]
 
 
 def _centre_inside(box, region) -> bool:
@@ -82,12 +76,8 @@ def ground_truth_layouts(dataset_dir: Path) -> dict[str, list[dict]]:
     annotations = dataset_dir / "annotations.jsonl"
     if not annotations.is_file():
         return {}
-    provenance = dataset_dir / "provenance.json"
-    try:
-        size = json.loads(provenance.read_text(encoding="utf-8"))["config"]["image_size"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{provenance}: cannot read config.image_size to normalise {annotations} ({e!r})") from e
-    return {r["name"]: shapes_layout(r["objects"], size, size) for r in read_jsonl(annotations) if "objects" in r}
+    size = image_size_of(dataset_dir)
+    return {r["name"]: shapes_layout(r["objects"], size) for r in read_jsonl(annotations) if "objects" in r}
 
 
 def _mean(values) -> float | None:

@@ -1,7 +1,8 @@
-"""The training data of the latent recipes: a Shapes dataset's train split as pixel-SDXL items
-(image in [-1, 1], tag caption, SDXL ``time_ids``), the same format the pixel-space students train on."""
+"""The training data of the latent recipes: a Shapes dataset's train split as images and annotation rows, or as
+pixel-SDXL items (image in [-1, 1], tag caption, SDXL ``time_ids``), the format the pixel-space students train on."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from t2i.data.pixel_sdxl_meta import BucketRule, PixelSDXLDataset, read_metadata, write_shapes_metadata
@@ -18,3 +19,18 @@ def shapes_items(dataset_dir: Path, work: Path, *, seed: int, caption_drop: floa
     if len(meta.buckets) != 1:
         raise ValueError(f"{dataset_dir}: images of {len(meta.buckets)} sizes; the latent recipes take one size")
     return PixelSDXLDataset(meta, seed=seed, caption_drop=caption_drop, min_tags=4, flip=flip)
+
+
+def shapes_train_split(dataset_dir: Path):
+    """A Shapes dataset's train images ``[N, 3, H, W]`` in [-1, 1] and their annotation rows."""
+    import torch
+
+    from t2i.data.caption_items import image_tensor
+
+    path = dataset_dir / "annotations.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the recipe trains on a Shapes dataset (annotations.jsonl)")
+    rows = [r for r in (json.loads(line) for line in open(path, encoding="utf-8")) if r["split"] == "train"]
+    if not rows:
+        raise ValueError(f"{path}: no train images")
+    return torch.stack([image_tensor(dataset_dir / "images" / f"{r['name']}.png") for r in rows]), rows

@@ -39,13 +39,14 @@ DEFAULTS = {"steps": 1000, "batch_size": 32, "lr": 1e-3, "seed": 0, "channels": 
             "relations": "shapes"}
 
 
-def layout_tensors(layouts: list[list[dict]], embed, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def layout_tensors(layouts: list[list[dict]], text: "ClipText", device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Boxes ``[B, 30, 4]`` (normalised xyxy), masks ``[B, 30]`` and name embeddings ``[B, 30, D]`` of layouts
     (lists of ``{"name", "box"}``; objects past the 30th are left out, as diffusers' pipeline does);
-    ``embed(names)`` gives ``[n, D]``."""
+    names are embedded by ``text.pooled``."""
     names = sorted({o["name"] for layout in layouts for o in layout[:MAX_OBJECTS]})
-    table = dict(zip(names, embed(names).to(device))) if names else {}
-    dim = embed.dim
+    table = dict(zip(names, text.pooled(names).to(device))) if names else {}
+    dim = text.dim
     boxes = torch.zeros(len(layouts), MAX_OBJECTS, 4, device=device)
     masks = torch.zeros(len(layouts), MAX_OBJECTS, device=device)
     embeddings = torch.zeros(len(layouts), MAX_OBJECTS, dim, device=device)
@@ -57,11 +58,11 @@ def layout_tensors(layouts: list[list[dict]], embed, device) -> tuple[torch.Tens
     return boxes, masks, embeddings
 
 
-def relation_tensor(relations: list[list[str]], embed, device) -> torch.Tensor:
+def relation_tensor(relations: list[list[str]], text: "ClipText", device) -> torch.Tensor:
     """``[B, 10, D]``: each prompt's relation triplets embedded, zero rows after them."""
-    out = torch.zeros(len(relations), MAX_RELATIONS, embed.dim, device=device)
+    out = torch.zeros(len(relations), MAX_RELATIONS, text.dim, device=device)
     texts = sorted({r for rs in relations for r in rs[:MAX_RELATIONS]})
-    table = dict(zip(texts, embed(texts).to(device))) if texts else {}
+    table = dict(zip(texts, text.pooled(texts).to(device))) if texts else {}
     for b, rs in enumerate(relations):
         for i, r in enumerate(rs[:MAX_RELATIONS]):
             out[b, i] = table[r]
@@ -102,16 +103,6 @@ class ClipText(torch.nn.Module):
         return self._encode("pooled", texts)
 
 
-class _Embed:
-    """``pooled`` with its width, the ``embed`` argument of :func:`layout_tensors`."""
-
-    def __init__(self, text: ClipText):
-        self.text, self.dim = text, text.dim
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return self.text.pooled(texts)
-
-
 class GLIGENDrawer(torch.nn.Module):
     """A frozen (or training) GLIGEN U-Net with its text encoder, scheduler config and VAE (module docstring)."""
 
@@ -119,7 +110,6 @@ class GLIGENDrawer(torch.nn.Module):
         super().__init__()
         self.unet, self.text, self.vae = unet, text, vae
         self.scheduler_config = dict(scheduler_config)
-        self.embed = _Embed(text)
         c = unet.config.in_channels
         self.patch = 1 if vae is not None else round((c / 3) ** 0.5)
         if vae is not None and c != vae.config.latent_channels:
@@ -193,10 +183,10 @@ class GLIGENDrawer(torch.nn.Module):
         """The U-Net's conditioning for a batch: ``layouts`` None (or a layout's empty list) grounds nothing."""
         n = len(captions)
         layouts = layouts if layouts is not None else [[] for _ in range(n)]
-        boxes, masks, embeddings = layout_tensors(layouts, self.embed, device)
+        boxes, masks, embeddings = layout_tensors(layouts, self.text, device)
         return {"context": self.text.context(captions).to(device),
                 "gligen": {"boxes": boxes, "masks": masks, "positive_embeddings": embeddings},
-                "relations": relation_tensor(relations, self.embed, device)}
+                "relations": relation_tensor(relations, self.text, device)}
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
         """The noise prediction (float32) at ``x``; inputs are cast to the U-Net's dtype."""
@@ -377,19 +367,6 @@ def prediction_error(drawer: GLIGENDrawer, scheduler, images: torch.Tensor, rows
     return out
 
 
-def train_split(dataset_dir: Path) -> tuple[torch.Tensor, list[dict]]:
-    """A Shapes dataset's train images ``[N, 3, H, W]`` in [-1, 1] and annotation rows."""
-    from t2i.data.caption_items import image_tensor
-
-    path = dataset_dir / "annotations.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the gligen recipe trains on a Shapes dataset (boxes in annotations.jsonl)")
-    rows = [r for r in (json.loads(line) for line in open(path, encoding="utf-8")) if r["split"] == "train"]
-    if not rows:
-        raise ValueError(f"{path}: no train images")
-    return torch.stack([image_tensor(dataset_dir / "images" / f"{r['name']}.png") for r in rows]), rows
-
-
 def train_shapes_gligen(dataset_dir: str | Path, out_dir: str | Path, cfg: dict, assets: dict[str, Path]) -> dict:
     """Train the Shapes drawer (module docstring) with the CLIP ``assets["text_encoder"]``; write the pipeline
     folder, ``metrics.json`` (the loss at fixed timesteps with and without the layouts, trained and untrained),
@@ -399,6 +376,7 @@ def train_shapes_gligen(dataset_dir: str | Path, out_dir: str | Path, cfg: dict,
 
     from t2i.checkpoints.hashing import sha256_file
     from t2i.checkpoints.recipes import finish_recipe
+    from t2i.latent.data import shapes_train_split
     from t2i.layout.relations import RELATION_PARSERS
     from t2i.text.sdxl_encoders import text_model
     from t2i.train.loop import run_training
@@ -407,7 +385,7 @@ def train_shapes_gligen(dataset_dir: str | Path, out_dir: str | Path, cfg: dict,
     cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if k in DEFAULTS}}
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     work = out_dir / ".train"
-    images, rows = train_split(dataset_dir)
+    images, rows = shapes_train_split(dataset_dir)
     relations = [RELATION_PARSERS[cfg["relations"]](r["caption"]) for r in rows]
     clip = assets["text_encoder"]
     text = ClipText(text_model(CLIPTextModel, clip).eval().requires_grad_(False),

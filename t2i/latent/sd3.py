@@ -217,17 +217,6 @@ def save_pipeline(out_dir: Path, transformer, encoders: SD3TextEncoders, shift: 
            zip(("text_encoder", "text_encoder_2", "text_encoder_3"), (encoders.clip_l, encoders.clip_g, encoders.t5))}})
 
 
-def _shapes_train_split(dataset_dir: Path) -> tuple[torch.Tensor, list[str]]:
-    from t2i.data.caption_items import image_tensor
-
-    rows = [json.loads(line) for line in open(dataset_dir / "annotations.jsonl", encoding="utf-8")]
-    rows = [r for r in rows if r["split"] == "train"]
-    if not rows:
-        raise ValueError(f"{dataset_dir}/annotations.jsonl: no train images")
-    images = torch.stack([image_tensor(dataset_dir / "images" / f"{r['name']}.png") for r in rows])
-    return images, [r["caption"] for r in rows]
-
-
 def train_shapes_sd3(dataset_dir: str | Path, out_dir: str | Path, cfg: dict, assets: dict[str, Path]) -> dict:
     """Train the Shapes SD3 base (module docstring) on a Shapes dataset's train split, with the CLIP
     ``assets["text_encoder"]`` (as CLIP-L and CLIP-G) and ``assets["text_encoder_3"]`` in the T5 role; write the
@@ -238,13 +227,15 @@ def train_shapes_sd3(dataset_dir: str | Path, out_dir: str | Path, cfg: dict, as
     from t2i.checkpoints.hashing import sha256_file
     from t2i.checkpoints.recipes import finish_recipe
     from t2i.data.caption_items import CaptionItems
+    from t2i.latent.data import shapes_train_split
     from t2i.train.loop import run_training
 
     start = time.time()
     cfg = {**DEFAULTS, **{k: v for k, v in cfg.items() if k in DEFAULTS}}
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     work = out_dir / ".train"
-    images, captions = _shapes_train_split(dataset_dir)
+    images, rows = shapes_train_split(dataset_dir)
+    captions = [r["caption"] for r in rows]
     clip = assets["text_encoder"]
     encoders = SD3TextEncoders.load((clip, clip, assets["text_encoder_3"]), cfg["clip_max_length"], cfg["t5_max_length"])
     features = CaptionFeatures(encoders)

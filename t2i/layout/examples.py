@@ -77,9 +77,13 @@ def write_candidates(path: str | Path, examples: list[dict], image_size: int) ->
     atomic_write_json(path, {"id": [e["id"] for e in examples], "data": data})
 
 
-def shapes_layout(objects: list[dict], image_size: int) -> list[dict]:
-    """A Shapes image's objects as a layout: ``{"name": "<colour> <shape>", "box": normalised xyxy}``."""
-    return [{"name": f"{o['color']} {o['shape']}", "box": [v / image_size for v in o["box"]]} for o in objects]
+def shapes_layout(objects: list[dict], width: int, height: int | None = None) -> list[dict]:
+    """Shapes objects or detections (pixel ``box``, x1/y1 exclusive) as a layout: ``{"name": "<colour> <shape>",
+    "box": normalised xyxy}`` (``height`` defaults to ``width``: Shapes images are square)."""
+    height = height or width
+    return [{"name": f"{o['color']} {o['shape']}",
+             "box": [o["box"][0] / width, o["box"][1] / height, o["box"][2] / width, o["box"][3] / height]}
+            for o in objects]
 
 
 def shapes_examples(rows: list[dict], image_size: int) -> list[dict]:

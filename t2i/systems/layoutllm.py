@@ -22,7 +22,6 @@ Stages:
 """
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -236,6 +235,7 @@ class LayoutLLMSystem:
     def prepare(self, exp: dict, inputs: dict[str, Path], out_dir: Path) -> None:
         from safetensors.torch import save_file
 
+        from t2i.data.shapes import image_size_of
         from t2i.layout.examples import read_candidates, shapes_examples, split_candidates, write_candidates
 
         c, dataset = exp["candidates"], Path(inputs["dataset"])
@@ -248,7 +248,7 @@ class LayoutLLMSystem:
                 raise ValueError(f"{dataset}: without a `candidates` input, layoutllm draws its examples from a "
                                  "Shapes dataset's train split (annotations.jsonl with boxes)")
             rows = [r for r in read_jsonl(annotations) if r["split"] == "train"]
-            size = json.loads((dataset / "provenance.json").read_text(encoding="utf-8"))["config"]["image_size"]
+            size = image_size_of(dataset)
             cand_rows, query_rows = split_candidates(rows, c["cand_number"], c["train_number"], c["seed"])
             candidates, queries = shapes_examples(cand_rows, size), shapes_examples(query_rows, size)
         clip = ClipFeatures(inputs["clip"])
