@@ -1,12 +1,18 @@
 """Drawing speed of LayoutLLM-T2I's pipeline shapes: images/s at 512 px, 50 PLMS steps with classifier-free
 guidance, through :func:`t2i.latent.gligen.draw` (the path the sample stage takes), random weights.
 
-    .venv/bin/python benchmarks/layoutllm_speed.py [--batch 8] [--steps 50] [--precisions bf16 tf32 fp32] [--compile]
+    .venv/bin/python benchmarks/layoutllm_speed.py [--batch 8] [--steps 50] [--precisions bf16 tf32 fp32]
+        [--variants eager compile channels_last+fused_qkv+compile ...]
 
 The drawer has the shapes of the released checkpoint: SD-1.4's U-Net (320/640/1280/1280, 8 heads, context 768)
 with GLIGEN's gated self-attention and the relation module in all 16 transformer blocks, CLIP-L's text encoder
 (12 layers, 768) and SD's VAE (decoded in float32). Each prompt has 6 boxes (COCO-NSS1K's average: 6.35) and 2
 relation triplets. Timed after one warm-up batch, text encoding included, VAE decoding included.
+
+A variant is a ``+``-joined set of speed settings applied to a fresh drawer (same weights): ``eager`` (none),
+``compile`` (``torch.compile`` of the U-Net, as ``sample.compile`` does), ``max_autotune`` (compiled with
+``max-autotune-no-cudagraphs``), ``channels_last`` (the U-Net's convolutions in NHWC) and ``fused_qkv``
+(diffusers' ``fuse_qkv_projections``: one matmul for q, k and v).
 """
 from __future__ import annotations
 
@@ -82,27 +88,46 @@ def images_per_second(drawer, batch: int, steps: int, precision: str, device) ->
     return batch / (time.perf_counter() - start), torch.cuda.max_memory_allocated() / 2**30
 
 
+def prepared_drawer(variant: str, device):
+    """A fresh drawer with ``variant``'s speed settings (module docstring)."""
+    settings = set(variant.split("+"))
+    unknown = settings - {"eager", "compile", "max_autotune", "channels_last", "fused_qkv"}
+    if unknown:
+        raise SystemExit(f"unknown variant settings {sorted(unknown)}")
+    drawer = build_drawer(device)
+    if "channels_last" in settings:
+        drawer.unet.to(memory_format=torch.channels_last)
+    if "fused_qkv" in settings:
+        drawer.unet.fuse_qkv_projections()
+    if "compile" in settings:
+        drawer.unet = torch.compile(drawer.unet)
+    if "max_autotune" in settings:
+        drawer.unet = torch.compile(drawer.unet, mode="max-autotune-no-cudagraphs")
+    return drawer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--precisions", nargs="+", default=["bf16", "tf32", "fp32"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net (as sample.compile does)")
+    parser.add_argument("--variants", nargs="+", default=["eager"], help="speed settings to compare (docstring)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("layoutllm_speed.py measures a GPU; no CUDA device here")
     device = torch.device("cuda")
-    drawer = build_drawer(device)
-    if args.compile:
-        drawer.unet = torch.compile(drawer.unet)
-    unet_params = sum(p.numel() for p in drawer.unet.parameters()) / 1e6
-    relation = sum(p.numel() for n, p in drawer.unet.named_parameters() if ".rela_fuse." in n) / 1e6
-    print(f"{torch.cuda.get_device_name()}: U-Net {unet_params:.1f} M parameters ({relation:.1f} M in rela_fuse), "
-          f"512 px, {args.steps} PLMS steps, CFG 7.5, scheduled sampling 0.3")
-    for precision in args.precisions:
-        for batch in args.batch:
-            ips, peak = images_per_second(drawer, batch, args.steps, precision, device)
-            print(f"  {precision:<5} batch {batch:>3}: {ips:6.2f} images/s  (peak {peak:.1f} GiB)")
+    for variant in args.variants:
+        drawer = prepared_drawer(variant, device)
+        unet_params = sum(p.numel() for p in drawer.unet.parameters()) / 1e6
+        relation = sum(p.numel() for n, p in drawer.unet.named_parameters() if ".rela_fuse." in n) / 1e6
+        print(f"{torch.cuda.get_device_name()}, {variant}: U-Net {unet_params:.1f} M parameters ({relation:.1f} M in "
+              f"rela_fuse), 512 px, {args.steps} PLMS steps, CFG 7.5, scheduled sampling 0.3", flush=True)
+        for precision in args.precisions:
+            for batch in args.batch:
+                ips, peak = images_per_second(drawer, batch, args.steps, precision, device)
+                print(f"  {precision:<5} batch {batch:>3}: {ips:6.2f} images/s  (peak {peak:.1f} GiB)", flush=True)
+        del drawer
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

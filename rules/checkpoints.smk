@@ -15,7 +15,7 @@ rule pretrained:
         f"{RESULTS}/benchmarks/pretrained/{{asset}}.tsv"
     threads: SHARED_JOB_THREADS
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc: wf.asset_mem_mb(config, wc.asset),
         runtime=240,
         gpu=0,
     conda:

@@ -26,6 +26,8 @@ EXTRACTOR_ASSETS = {"shapes-cnn": "shapes-cnn", "inception-v3-compat": "inceptio
 # Keys of a trained asset's block that name the assets its recipe trains from (e.g. the latent SDXL's VAE).
 RECIPE_ASSET_KEYS: dict[str, tuple[str, ...]] = {"latent-sdxl": ("vae", "text_encoder"), "sd3": ("text_encoder", "text_encoder_3"),
                                                  "gligen": ("text_encoder",)}
+# Keys of an asset's block that name the assets its converter reads (e.g. the CLIP whose tokenizer a checkpoint lacks).
+CONVERTER_ASSET_KEYS: dict[str, tuple[str, ...]] = {"layoutllm-gligen": ("clip",)}
 
 
 class ConfigError(ValueError):
@@ -148,22 +150,26 @@ def _check_evaluation_refs(config: dict, name: str, exp: dict) -> None:
         raise ConfigError(f"{where}.clip_asset: no pretrained asset named {ev['clip_asset']!r} in `pretrained`")
 
 
-def recipe_assets(asset: dict) -> dict[str, str]:
-    """The assets a trained asset's block names for its recipe (:data:`RECIPE_ASSET_KEYS`): key -> asset name."""
-    if asset.get("source") != "trained":
-        return {}
-    return {key: asset[key] for key in RECIPE_ASSET_KEYS.get(asset.get("recipe"), ()) if key in asset}
+def asset_refs(asset: dict) -> dict[str, str]:
+    """The other assets an asset is built from: those its recipe trains from (:data:`RECIPE_ASSET_KEYS`) or its
+    converter reads (:data:`CONVERTER_ASSET_KEYS`); key -> asset name."""
+    keys = RECIPE_ASSET_KEYS.get(asset.get("recipe"), ()) if asset.get("source") == "trained" else ()
+    keys += CONVERTER_ASSET_KEYS.get(asset.get("convert"), ())
+    return {key: asset[key] for key in keys if asset.get(key) is not None}
 
 
 def _check_asset_refs(config: dict) -> None:
-    """A trained asset's dataset and the assets its recipe names must exist, and assets may not be trained
-    from each other in a cycle."""
+    """A trained asset's dataset and the assets a recipe or converter names must exist, and assets may not be
+    built from each other in a cycle."""
     def refs(name: str) -> list[tuple[str, str]]:
-        return list(recipe_assets(config["pretrained"][name]).items())
+        return list(asset_refs(config["pretrained"][name]).items())
 
     for name, asset in config["pretrained"].items():
         if asset["source"] == "trained" and asset["dataset"] not in config["datasets"]:
             raise ConfigError(f"pretrained.{name}.dataset: no dataset named {asset['dataset']!r} in `datasets`")
+        for key in CONVERTER_ASSET_KEYS.get(asset.get("convert"), ()):
+            if asset.get(key) is None:
+                raise ConfigError(f"pretrained.{name}.{key}: converter {asset['convert']} needs this asset")
         for key, target in refs(name):
             if target not in config["pretrained"]:
                 raise ConfigError(f"pretrained.{name}.{key}: no pretrained asset named {target!r} in `pretrained`")
@@ -172,7 +178,7 @@ def _check_asset_refs(config: dict) -> None:
         while todo:
             target = todo.pop()
             if target == name:
-                raise ConfigError(f"pretrained.{name}: assets trained from each other in a cycle")
+                raise ConfigError(f"pretrained.{name}: assets built from each other in a cycle")
             if target not in seen:
                 seen.add(target)
                 todo += [t for _, t in refs(target)]

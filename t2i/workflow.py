@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from t2i.config import EXTRACTOR_ASSETS, recipe_assets, system_spec
+from t2i.config import EXTRACTOR_ASSETS, asset_refs, system_spec
 
 RESULTS = "results"
 STAGES = ("prepare", "train", "plan", "sample", "evaluate")
@@ -88,13 +88,17 @@ def asset_config(config: dict, name: str) -> dict:
 
 
 def asset_dependencies(config: dict, name: str) -> dict[str, str]:
-    """A trained asset's upstream: ``dataset`` (its completion marker) and the assets its recipe names
-    (key -> asset folder); empty for any other source."""
+    """An asset's upstream: a trained asset's ``dataset`` (its completion marker), and the assets its recipe or
+    converter names (key -> asset folder)."""
     a = asset_config(config, name)
-    if a["source"] != "trained":
-        return {}
-    return {"dataset": dataset_done(a["dataset"]),
-            **{key: f"{RESULTS}/pretrained/{name}" for key, name in recipe_assets(a).items()}}
+    dataset = {"dataset": dataset_done(a["dataset"])} if a["source"] == "trained" else {}
+    return {**dataset, **{key: f"{RESULTS}/pretrained/{ref}" for key, ref in asset_refs(a).items()}}
+
+
+def asset_mem_mb(config: dict, name: str) -> int:
+    """Memory of an asset's job: a ``torch_parts`` checkpoint is merged whole in memory (LayoutLLM-T2I's parts
+    are 7.4 GB), and converted after that; 8 GB does for the others."""
+    return 24000 if asset_config(config, name)["source"] == "torch_parts" else 8000
 
 
 def prompt_sets(config: dict, exp: str) -> list[str]:

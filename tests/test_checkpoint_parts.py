@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import builtins
 import copy
-import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import types
 import typing
-from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from http_server import HF_COMMIT, LoopbackServer, serve_hf_repo
+from omegaconf_pickles import config_dict, fake_omegaconf, save_parts
 from safetensors.torch import load_file
 
 from t2i.checkpoints.assemble import AssetError, assemble_asset
@@ -52,93 +50,6 @@ CONFIG = {  # GLIGEN's yaml, then `config.update(vars(args))` (main.py)
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-# --- fake omegaconf 2.1 ------------------------------------------------------------------------------
-
-class _Node:
-    """Like omegaconf's Node: pickles its __dict__ without the flags cache."""
-
-    def __init__(self, parent, metadata, **fields):
-        self.__dict__.update(_metadata=metadata, _parent=parent, _flags_cache=None, **fields)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        del state["_flags_cache"]
-        return state
-
-
-@dataclasses.dataclass
-class _Metadata:
-    ref_type: typing.Any
-    object_type: typing.Any
-    optional: bool
-    key: typing.Any
-    flags: dict | None = None
-    flags_root: bool = False
-    resolver_cache: dict = dataclasses.field(default_factory=lambda: defaultdict(dict))
-
-
-@dataclasses.dataclass
-class _ContainerMetadata(_Metadata):
-    key_type: typing.Any = None
-    element_type: typing.Any = None
-
-
-class _DictConfig(_Node):
-    pass
-
-
-class _ListConfig(_Node):
-    pass
-
-
-class _AnyNode(_Node):
-    pass
-
-
-_FAKES = {"omegaconf.base": {"Metadata": _Metadata, "ContainerMetadata": _ContainerMetadata},
-          "omegaconf.dictconfig": {"DictConfig": _DictConfig},
-          "omegaconf.listconfig": {"ListConfig": _ListConfig},
-          "omegaconf.nodes": {"AnyNode": _AnyNode}}
-
-
-@contextmanager
-def fake_omegaconf():
-    """Register the fake classes under omegaconf's module names while pickling, and only then."""
-    assert "omegaconf" not in sys.modules
-    modules = {"omegaconf": types.ModuleType("omegaconf")}
-    for module, classes in _FAKES.items():
-        modules[module] = types.ModuleType(module)
-        for name, cls in classes.items():
-            cls.__module__, cls.__qualname__ = module, name
-            setattr(modules[module], name, cls)
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for module in modules:
-            del sys.modules[module]
-
-
-def _wrap(value, parent, key):
-    """An OmegaConf node for ``value`` as OmegaConf.create builds it from yaml."""
-    if isinstance(value, dict):
-        node = _DictConfig(parent, _ContainerMetadata(typing.Any, dict, True, key, {}, key_type=typing.Any,
-                                                      element_type=typing.Any), _content={})
-        node._content.update({k: _wrap(v, node, k) for k, v in value.items()})
-    elif isinstance(value, list):
-        node = _ListConfig(parent, _ContainerMetadata(typing.Any, list, True, key, {}, key_type=int,
-                                                      element_type=typing.Any), _content=[])
-        node._content.extend(_wrap(v, node, i) for i, v in enumerate(value))
-    else:
-        node = _AnyNode(parent, _Metadata(typing.Any, None, True, key, {}), _val=value)
-    return node
-
-
-def config_dict(data: dict) -> dict:
-    """``vars(config)`` of a DictConfig holding ``data``, as the trainer saves it."""
-    return vars(_wrap(data, None, None))
 
 
 # --- published parts ------------------------------------------------------------------------------------
@@ -176,14 +87,6 @@ def split(ckpt: dict) -> dict[str, object]:
     first = {k: ckpt["model"][k] for k in keys[:3]}
     second = {k: ckpt["model"][k] for k in keys[3:]}
     return {CHUNK0: {"model": first}, CHUNK1: second, OTHERS: {k: v for k, v in ckpt.items() if k != "model"}}
-
-
-def save_parts(folder: Path, parts: dict[str, object]) -> dict[str, bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with fake_omegaconf():
-        for name, obj in parts.items():
-            torch.save(obj, folder / name)
-    return {name: (folder / name).read_bytes() for name in parts}
 
 
 @pytest.fixture
@@ -392,7 +295,8 @@ def test_overlapping_parts(srv, tmp_path, ckpt):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["parts"][0].pop("sha256"), r"parts\[0\]\.sha256: required: the part's published SHA-256"),
+    (lambda c: [c.update(repo_id=None), *(p.update(url="http://x.invalid/p") for p in c["parts"]),
+                c["parts"][0].pop("sha256")], r"parts\[0\]\.sha256: required for a part with a url: its published"),
     (lambda c: c["parts"][1].update(sha256="abc"), r"parts\[1\]\.sha256: not a SHA-256 hex digest: 'abc'"),
     (lambda c: c["parts"][2].update(filename="../x.pth"), r"parts\[2\]\.filename: not a relative file name"),
     (lambda c: c["parts"][0].update(url="http://example.invalid/x"), r"parts\[0\]: give either `repo_id`"),
@@ -412,6 +316,28 @@ def test_schema_accepts_torch_parts_and_fills_defaults():
                                    "parts": [{"filename": CHUNK0, "sha256": "1" * 64}]}
     asset = validate_config(raw)["pretrained"]["gligen"]
     assert asset["components"] == ["model", "autoencoder", "text_encoder"] and asset["repo_type"] == "model"
-    raw["pretrained"]["gligen"]["parts"][0].pop("sha256")
-    with pytest.raises(ConfigError, match=r"^pretrained\.gligen\.parts\.0: 'sha256' is a required property"):
+    raw["pretrained"]["gligen"]["parts"][0].pop("filename")
+    with pytest.raises(ConfigError, match=r"^pretrained\.gligen\.parts\.0: 'filename' is a required property"):
         validate_config(raw)
+
+
+def test_hub_parts_without_sha256_are_verified_against_the_hubs(srv, tmp_path, ckpt, published, monkeypatch):
+    serve_hf_repo(srv, REPO, tmp_path / "published")
+    monkeypatch.setenv("HF_ENDPOINT", srv.base_url)
+    cfg = hub_cfg(published)
+    for part in cfg["parts"]:
+        part["sha256"] = None
+    out = assemble_asset("gligen", cfg, tmp_path / "pretrained" / "gligen")
+    record = json.loads((out / "checkpoint.json").read_text())
+    assert record["parts"] == [{"filename": n, "sha256": sha(d)} for n, d in published.items()]
+
+    route = srv.routes[f"/{REPO}/resolve/{HF_COMMIT}/{CHUNK1}"]  # the Hub's sha256 and the file disagree
+    route.headers["ETag"] = f'"{"0" * 64}"'
+    shutil.rmtree(out)
+    with pytest.raises(AssetError, match=rf"^pretrained\.gligen\.parts\[1\]\.sha256: {CHUNK1}: checksum mismatch: "
+                                         rf"expected sha256 0{{64}}"):
+        assemble_asset("gligen", cfg, out)
+    route.headers["ETag"] = '"not-an-lfs-etag"'
+    with pytest.raises(AssetError, match=rf"^pretrained\.gligen\.parts\[1\]\.sha256: the Hub publishes no SHA-256 "
+                                         rf"for {CHUNK1} of model '{REPO}' .*: configure its sha256$"):
+        assemble_asset("gligen", cfg, out)

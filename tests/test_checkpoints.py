@@ -151,6 +151,29 @@ def test_url_asset_errors_name_the_key(srv, tmp_path):
     assert not out.exists()
 
 
+def test_google_drive_asset_fetches_the_shared_file_and_refuses_a_web_page(srv, tmp_path, monkeypatch):
+    import t2i.checkpoints.assemble as assemble
+
+    weights = {"weight": torch.randn(128, 768), "bias": torch.randn(128)}  # the original's policy_weights.pt
+    torch.save(weights, tmp_path / "policy_weights.pt")
+    data = (tmp_path / "policy_weights.pt").read_bytes()
+    file_id = "1t7M-uqgB5GMATJGEe2sM7oZX_ex4EysE"
+    srv.add("/download", data, headers={"Content-Type": "application/octet-stream"})
+    monkeypatch.setattr(assemble, "DRIVE_DOWNLOAD", srv.url("/download"))
+    cfg = {"source": "google_drive", "file_id": file_id, "filename": "policy_weights.pt", "sha256": sha(data)}
+    out = assemble_asset("policy", cfg, tmp_path / "pretrained" / "policy")
+    assert (out / "policy_weights.pt").read_bytes() == data
+    check_asset(out, cfg)
+    assert srv.requests_for("/download")[0].query == {"id": [file_id], "export": ["download"], "confirm": ["t"]}
+
+    srv.routes["/download"].body = b"<!DOCTYPE html><html><title>Google Drive - Quota exceeded</title></html>"
+    srv.routes["/download"].headers["Content-Type"] = "text/html; charset=utf-8"
+    with pytest.raises(AssetError, match=r"^pretrained\.policy2\.file_id: http://.*: the server answered with a web "
+                                         r"page, not the file \(is the file shared with anyone who has the link\?"):
+        assemble_asset("policy2", {**cfg, "sha256": None}, tmp_path / "pretrained" / "policy2")
+    assert not (tmp_path / "pretrained" / "policy2").exists()
+
+
 def test_huggingface_asset_from_fake_hub(srv, tmp_path, monkeypatch):
     from transformers import AutoConfig, BertConfig
 

@@ -87,3 +87,26 @@ def test_workflow_trains_the_policy_plans_draws_and_scores_layouts(tmp_path):
     assert all(r["answer"].startswith("[{") for r in llm_rows)  # JSON answers, read by the tolerant parser
     assert not (results / "layoutllm_random" / "train").exists()  # random selection trains nothing
     assert "layout.plan_miou" in (results / "report" / "metrics.csv").read_text()
+
+
+def test_paper_config_dry_run_plans_fetch_assemble_convert_select_plan_draw_evaluate(tmp_path):
+    from pathlib import Path
+
+    from workflow_harness import planned_jobs
+
+    root = Path(__file__).resolve().parents[1]
+    jobs = planned_jobs(tmp_path, "--configfile", str(root / "configs" / "layoutllm.yaml"))
+    by_rule: dict[str, set[str]] = {}
+    for rule, output in jobs:
+        by_rule.setdefault(rule, set()).add(output)
+    sets = ["numerical", "spatial", "semantic", "mixed", "no_relation"]
+    assert by_rule == {
+        "pretrained": {f"results/pretrained/{a}" for a in ("clip_vit_l14", "layoutllm_gligen", "layoutllm_policy",
+                                                           "layoutllm_candidates")},
+        "dataset": {"results/datasets/coco_nss1k/images"},
+        "prepare": {"results/layoutllm_nss1k/prepared"},
+        "plan": {f"results/layoutllm_nss1k/layouts/{s}.jsonl" for s in sets},
+        "sample": {f"results/layoutllm_nss1k/samples/{s}" for s in sets},
+        "evaluate": {f"results/layoutllm_nss1k/metrics/{s}.json" for s in sets},
+        "report": {"results/report/index.html"},
+    }  # the policy comes from the model role: no train job

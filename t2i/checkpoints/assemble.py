@@ -3,6 +3,8 @@
 Sources (``pretrained.<name>.source``):
 
 - ``url``: one file (``url``, ``sha256``, optional ``filename`` and ``size``);
+- ``google_drive``: one publicly shared Google Drive file (``file_id``, ``filename``, ``sha256``), fetched from
+  Drive's direct-download endpoint; a web page instead of the file (not shared, over quota) is an error;
 - ``torch_parts``: one torch checkpoint published as several pickles (``parts``, a list of
   ``{filename, sha256}`` from Hub repo ``repo_id`` or each from its ``url``), read with a
   restricted unpickler, merged, and written as ``<component>/model.safetensors`` +
@@ -34,13 +36,14 @@ from t2i.checkpoints.restricted_pickle import RefusedGlobalError
 from t2i.checkpoints.safe_load import PICKLE_SUFFIXES, UnsafeCheckpointError, load_state_dict
 from t2i.checkpoints.torch_parts import COMPONENTS, PartsError, merge_parts, read_part, write_components
 from t2i.data.download import DownloadError, download_url
-from t2i.data.hf import HubDownloadError, download_file, snapshot
+from t2i.data.hf import HubDownloadError, download_file, published_sha256, snapshot
 from t2i.utils.atomic import atomic_dir
 from t2i.utils.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+DRIVE_DOWNLOAD = "https://drive.usercontent.google.com/download"  # Drive's direct download (confirm=t: no warning page)
 
 
 class AssetError(RuntimeError):
@@ -110,8 +113,25 @@ def _from_url(asset: _Asset, tmp: Path, staging: Path) -> dict:
     return {"url": url, "filename": filename}
 
 
+def _from_google_drive(asset: _Asset, tmp: Path, staging: Path) -> dict:
+    file_id, filename = asset.require("file_id"), asset.require("filename")
+    sha256 = asset.sha256(asset.cfg.get("sha256"), "sha256")
+    url = f"{DRIVE_DOWNLOAD}?id={file_id}&export=download&confirm=t"
+    try:
+        path = download_url(url, staging / filename, sha256=sha256, size=asset.cfg.get("size"), refuse_web_page=True)
+    except DownloadError as e:
+        hint = (" (is the file shared with anyone who has the link? Drive also serves a page when its download "
+                "quota is used up: download it in a browser and use source: local)") if "web page" in str(e) else ""
+        raise asset.error(f"{e}{hint}", "file_id") from None
+    if sha256 is None:
+        log.warning("%s: no sha256 configured, so the download is not verified", asset.key())
+    _place(path, tmp / filename)
+    return {"google_drive": file_id, "filename": filename}
+
+
 def _from_torch_parts(asset: _Asset, tmp: Path, staging: Path) -> dict:
-    specs = _part_specs(asset)
+    specs = [(filename, sha256 or _published_sha256(asset, i, filename), url)
+             for i, (filename, sha256, url) in enumerate(_part_specs(asset))]
     components = asset.cfg.get("components") or list(COMPONENTS)
     loaded = []
     for i, (filename, sha256, url) in enumerate(specs):
@@ -133,8 +153,9 @@ def _from_torch_parts(asset: _Asset, tmp: Path, staging: Path) -> dict:
     return {**where, **record}
 
 
-def _part_specs(asset: _Asset) -> list[tuple[str, str, str | None]]:
-    """``(filename, sha256, url)`` per part; parts come from ``repo_id`` or each from its own ``url``."""
+def _part_specs(asset: _Asset) -> list[tuple[str, str | None, str | None]]:
+    """``(filename, sha256, url)`` per part; parts come from ``repo_id`` (sha256 None: the Hub's published one)
+    or each from its own ``url``."""
     parts = asset.require("parts", list)
     if not parts:
         raise asset.error("needs at least one part", "parts")
@@ -148,8 +169,8 @@ def _part_specs(asset: _Asset) -> list[tuple[str, str, str | None]]:
         filename = part["filename"]
         if PurePosixPath(filename).is_absolute() or ".." in PurePosixPath(filename).parts or not filename.strip():
             raise asset.error(f"not a relative file name: {filename!r}", "parts", i, "filename")
-        if part.get("sha256") is None:
-            raise asset.error("required: the part's published SHA-256", "parts", i, "sha256")
+        if part.get("sha256") is None and not from_hub:
+            raise asset.error("required for a part with a url: its published SHA-256", "parts", i, "sha256")
         url = part.get("url")
         if from_hub == (url is not None):
             raise asset.error("give either `repo_id` for all parts or a `url` for each part", "parts", i)
@@ -161,8 +182,18 @@ def _part_specs(asset: _Asset) -> list[tuple[str, str, str | None]]:
     return specs
 
 
+def _published_sha256(asset: _Asset, i: int, filename: str) -> str:
+    try:
+        sha256 = published_sha256(asset.cfg["repo_id"], filename, revision=asset.cfg.get("revision"),
+                                  repo_type=asset.cfg.get("repo_type") or "model")
+    except HubDownloadError as e:
+        raise asset.error(str(e), "parts", i, "sha256") from None
+    log.info("%s: %s: the Hub publishes sha256 %s", asset.key("parts", i), filename, sha256)
+    return sha256
+
+
 def _fetch_part(asset: _Asset, i: int, filename: str, sha256: str, url: str | None, staging: Path) -> Path:
-    """A verified copy of the part in ``staging`` (one from an earlier run is reused)."""
+    """A copy of the part in ``staging`` verified against ``sha256`` (one from an earlier run is reused)."""
     path = staging / filename
     if path.is_file() and sha256_file(path) == sha256:
         log.info("%s: %s already downloaded and verified", asset.key("parts", i), filename)
@@ -245,35 +276,53 @@ def _from_trained(asset: _Asset, tmp: Path, staging: Path) -> dict:
         verify_sha256sums(dataset_dir)
     except ChecksumError as e:
         raise asset.error(str(e), "dataset") from None
-    assets = {}
-    for key in RECIPE_ASSET_KEYS.get(recipe, ()):
-        folder = Path(RESULTS) / "pretrained" / asset.require(key)
-        try:
-            verify_sha256sums(folder)
-        except ChecksumError as e:
-            raise asset.error(str(e), key) from None
-        assets[key] = folder
+    assets = _referenced_assets(asset, RECIPE_ASSET_KEYS.get(recipe, ()))
     metrics = RECIPES[recipe](asset.cfg, dataset_dir, tmp, assets)
     return {"recipe": recipe, "dataset": asset.cfg["dataset"], "assets": {k: str(v) for k, v in assets.items()},
             "metrics": metrics}
 
 
+def _referenced_assets(asset: _Asset, keys) -> dict[str, Path]:
+    """The finished asset folders that ``asset``'s keys name (key -> folder), each checked against its SHA256SUMS."""
+    from t2i.workflow import RESULTS
+
+    folders = {}
+    for key in keys:
+        folder = Path(RESULTS) / "pretrained" / asset.require(key)
+        try:
+            verify_sha256sums(folder)
+        except ChecksumError as e:
+            raise asset.error(str(e), key) from None
+        folders[key] = folder
+    return folders
+
+
 def _convert(asset: _Asset, folder: Path) -> dict:
-    """Replace the asset's one file by the model folder its ``convert`` converter writes."""
+    """Replace what the source wrote (a converter of ``takes: file`` needs exactly one file) by the model folder
+    the asset's ``convert`` converter writes from it and the assets it names."""
     from t2i.checkpoints.converters import CONVERTERS
+    from t2i.config import CONVERTER_ASSET_KEYS
 
     name = asset.cfg["convert"]
     if name not in CONVERTERS:
         raise asset.error(f"unknown converter {name!r} (one of {', '.join(CONVERTERS)})", "convert")
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    if len(files) != 1:
-        raise asset.error(f"a converter takes one file; the asset has {len(files)}", "convert")
+    converter = CONVERTERS[name]
+    source = folder
+    if converter.takes == "file":
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        if len(files) != 1:
+            raise asset.error(f"a converter takes one file; the asset has {len(files)}", "convert")
+        source = files[0]
+    assets = _referenced_assets(asset, CONVERTER_ASSET_KEYS.get(name, ()))
     converted = folder / ".converted"
     try:
-        details = CONVERTERS[name](files[0], converted)
-    except Exception as e:  # noqa: BLE001 - any failure is the file's, reported as one line
-        raise asset.error(f"{files[0].name}: {e}", "convert") from None
-    files[0].unlink()
+        details = converter.convert(source, converted, **assets)
+    except Exception as e:  # noqa: BLE001 - any failure is the input's, reported as one line
+        where = f"{source.name}: " if source != folder else ""
+        raise asset.error(f"{where}{e}", "convert") from None
+    for item in folder.iterdir():
+        if item != converted:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
     for item in converted.iterdir():
         item.rename(folder / item.name)
     converted.rmdir()
@@ -310,6 +359,7 @@ def _refuse_unsafe_pickles(asset: _Asset, folder: Path) -> None:
 
 SOURCES: dict[str, Callable[[_Asset, Path, Path], dict]] = {
     "url": _from_url,
+    "google_drive": _from_google_drive,
     "torch_parts": _from_torch_parts,
     "huggingface": _from_huggingface,
     "python_package": _from_python_package,

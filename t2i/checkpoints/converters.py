@@ -1,11 +1,14 @@
-"""Asset converters (``convert:`` on a file asset): turn a downloaded or local checkpoint file into
-a t2i model folder that an experiment's ``model`` role can use instead of training.
+"""Asset converters (``convert:`` on an asset): turn a downloaded, assembled or local checkpoint into
+a t2i model folder that an experiment's role can use instead of training.
 
-``CONVERTERS[name](file, out_dir) -> details`` writes the folder's content; the asset rule then
-drops the original file, so the asset holds only the converted, safely loadable weights.
+``CONVERTERS[name].convert(source, out_dir, **assets) -> details`` writes the folder's content from ``source``
+(the asset's one file, or for ``takes="folder"`` everything its source wrote) and the finished assets the
+block names (``t2i.config.CONVERTER_ASSET_KEYS``); the asset rule then drops the original, so the asset
+holds only the converted, safely loadable weights.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -89,7 +92,23 @@ def pixel_sdxl_checkpoint(path: Path, out_dir: Path) -> dict:
             "text_encoder_tensors_not_kept": len(text)}
 
 
-CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
-    "lafite-snapshot": lafite_snapshot,
-    "pixel-sdxl-checkpoint": pixel_sdxl_checkpoint,
+def layoutllm_gligen(folder: Path, out_dir: Path, clip: Path) -> dict:
+    """LayoutLLM-T2I's GLIGEN checkpoint as a ``torch_parts`` asset assembled it -> a drawer folder
+    (``StableDiffusionGLIGENPipeline`` layout with the relation module; :mod:`t2i.checkpoints.gligen_ldm`),
+    with ``clip``'s tokenizer and text config (``openai/clip-vit-large-patch14``)."""
+    from t2i.checkpoints.gligen_ldm import convert_layoutllm_gligen
+
+    return convert_layoutllm_gligen(folder, out_dir, clip)
+
+
+@dataclass(frozen=True)
+class Converter:
+    convert: Callable[..., dict]
+    takes: str = "file"  # "file": the asset's one file; "folder": everything its source wrote
+
+
+CONVERTERS: dict[str, Converter] = {
+    "lafite-snapshot": Converter(lafite_snapshot),
+    "pixel-sdxl-checkpoint": Converter(pixel_sdxl_checkpoint),
+    "layoutllm-gligen": Converter(layoutllm_gligen, takes="folder"),
 }

@@ -7,6 +7,7 @@ looks finished. Downloads are cached in ``.downloads/`` and resume after a kill.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -155,6 +156,35 @@ def _build_longalign(cfg: dict, tmp: Path, downloads: Path, inputs: dict[str, Pa
     return coverage.summary()
 
 
+def _build_layout_prompts(cfg: dict, tmp: Path, downloads: Path) -> None:
+    """Prompt sets with ground-truth layouts in LayoutLLM-T2I's file structure (COCO-NSS1K,
+    :mod:`t2i.data.layout_prompts`): ``prompts/<set>.jsonl`` per set (the first ``max_prompts`` entries), and
+    one ``test`` annotation row per distinct reference image (the first caption and layout seen). There are no
+    images: ``images/`` and ``captions/`` stay empty."""
+    from t2i.data.download import download_url
+    from t2i.data.layout_prompts import read_layout_prompts
+    from t2i.utils.secrets import redact_text
+
+    annotations: dict[str, dict] = {}
+    for name, source in cfg["sets"].items():
+        if "url" in source:
+            if source["sha256"] is None:
+                log.warning("layout_prompts set %s: no sha256, %s is not verified", name, redact_text(source["url"]))
+            key = hashlib.sha256(source["url"].encode()).hexdigest()[:12]  # a changed url is fetched anew
+            path = download_url(source["url"], downloads / f"{name}-{key}.json", sha256=source["sha256"])
+        else:
+            path = Path(source["path"])
+        prompts = read_layout_prompts(path)[:cfg["max_prompts"]]
+        for p in prompts:
+            annotations.setdefault(p["reference"], {"name": p["reference"], "split": "test", "caption": p["prompt"],
+                                                    "layout": p["layout"]})
+        atomic_write_jsonl(tmp / "prompts" / f"{name}.jsonl", prompts)
+    for part in ("images", "captions", "splits"):
+        (tmp / part).mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(tmp / "annotations.jsonl", list(annotations.values()))
+    (tmp / "splits" / "test.txt").write_text("".join(n + "\n" for n in annotations), encoding="utf-8")
+
+
 def unzip_into(zip_path: str | Path, dest: str | Path) -> None:
     """Unzip an archive into a temporary folder beside ``dest`` that replaces ``dest`` when complete (a failed
     or killed unzip leaves nothing that looks finished, and its leftovers are removed by the next attempt).
@@ -187,4 +217,5 @@ def _single_subdir(path: Path) -> Path:
     return subdirs[0] if len(subdirs) == 1 else path
 
 
-BUILDERS = {"shapes": _build_shapes, "coco": _build_coco, "caption_dir": _build_caption_dir}
+BUILDERS = {"shapes": _build_shapes, "coco": _build_coco, "caption_dir": _build_caption_dir,
+            "layout_prompts": _build_layout_prompts}

@@ -35,11 +35,12 @@ class _Transient(Exception):
 
 def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
                  retries: int = 5, backoff: float = 1.0, timeout: float = 60,
-                 headers: dict[str, str] | None = None) -> Path:
+                 headers: dict[str, str] | None = None, refuse_web_page: bool = False) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
     An existing ``dest`` that matches ``sha256`` (or ``size``, or anything when neither
     is given) is kept as is. ``headers`` are sent but never logged (they may carry a token).
+    ``refuse_web_page``: an HTML answer (a file host's sign-in, quota or warning page) is an error.
     Raises ``DownloadError`` on HTTP errors, exhausted retries, or a size/checksum mismatch.
     """
     dest = Path(dest)
@@ -56,7 +57,7 @@ def download_url(url: str, dest: str | os.PathLike, *, sha256: str | None = None
 
     for attempt in range(retries + 1):
         try:
-            _fetch(url, partial, timeout=timeout, headers=headers or {}, size=size)
+            _fetch(url, partial, timeout=timeout, headers=headers or {}, size=size, refuse_web_page=refuse_web_page)
             break
         except _RETRYABLE + (_Transient,) as e:
             reason = "connection broken mid-transfer" if isinstance(e, requests.exceptions.ChunkedEncodingError) \
@@ -88,7 +89,8 @@ def _verify(path: Path, sha256: str | None, size: int | None) -> str | None:
     return None
 
 
-def _fetch(url: str, partial: Path, *, timeout: float, headers: dict[str, str], size: int | None) -> None:
+def _fetch(url: str, partial: Path, *, timeout: float, headers: dict[str, str], size: int | None,
+           refuse_web_page: bool) -> None:
     """Append the rest of ``url`` to ``partial`` (restarting if the server cannot resume)."""
     offset = partial.stat().st_size if partial.exists() else 0
     request_headers = {"Accept-Encoding": "identity", **headers}  # byte offsets must be those of the file
@@ -105,6 +107,8 @@ def _fetch(url: str, partial: Path, *, timeout: float, headers: dict[str, str], 
             raise _Transient(f"HTTP {r.status_code} {r.reason}")
         if r.status_code >= 400:
             raise DownloadError(f"{redact_text(url)}: HTTP {r.status_code} {r.reason}")
+        if refuse_web_page and r.headers.get("Content-Type", "").split(";")[0].strip() == "text/html":
+            raise DownloadError(f"{redact_text(url)}: the server answered with a web page, not the file")
         if r.status_code == 206:
             if _content_range_start(r.headers.get("Content-Range")) != offset:
                 partial.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,24 @@ def download_file(repo_id: str, filename: str, dest: str | os.PathLike, *, revis
                   repo_type: str = "model", token: str | None = None) -> Path:
     """Download one file of ``repo_id`` to ``dest/filename`` (resumable; metadata in ``dest/.cache``)."""
     return _fetch(hf_hub_download, repo_id, filename, dest, revision=revision, repo_type=repo_type, token=token)
+
+
+def published_sha256(repo_id: str, filename: str, *, revision: str | None = None, repo_type: str = "model",
+                     token: str | None = None) -> str:
+    """The SHA-256 the Hub publishes for an LFS file of ``repo_id`` (its etag), read without downloading it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    where = f"{filename} of {repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+    try:
+        etag = get_hf_file_metadata(url, token=token or hf_token() or False, endpoint=endpoint).etag or ""
+    except Exception as e:  # noqa: BLE001 - offline, 404, gated: one line, and what to do instead
+        raise HubDownloadError(f"cannot read the published SHA-256 of {where}: {_first_line(e)}; "
+                               "configure the file's sha256") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", etag.strip('"')):
+        raise HubDownloadError(f"the Hub publishes no SHA-256 for {where} (not an LFS file): configure its sha256")
+    return etag.strip('"')
 
 
 def _fetch(download, repo_id: str, filename: str | None, dest: str | os.PathLike, *, revision: str | None,

@@ -1,19 +1,22 @@
 """The ``layout`` metric family: does an image follow the layout it was drawn from (LayoutLLM)?
 
 It applies to samples whose ``index.jsonl`` rows carry ``layout``: the plan, a list of
-``{"name": "<color> <shape>", "box": [x0, y0, x1, y1]}`` in normalised xyxy. Per sample, the Shapes
-detector (``t2i.eval.shapes.detect``) finds the drawn objects and each planned object is matched to a
-detection of the same name (Hungarian on IoU, ``t2i.layout.metrics.match_boxes``); an unmatched one has
-IoU 0. Over all planned objects: ``layout_iou`` (mean IoU), ``layout_hit`` (IoU >= ``HIT_IOU``) and
-``layout_inside`` (the matched detection's centre lies in the planned box); ``layout_objects`` is the mean
-plan size per image.
+``{"name": ..., "box": [x0, y0, x1, y1]}`` in normalised xyxy. On a Shapes dataset, per sample, the Shapes
+detector (``t2i.eval.shapes.detect``) finds the drawn objects and each planned object (``"<color> <shape>"``)
+is matched to a detection of the same name (Hungarian on IoU, ``t2i.layout.metrics.match_boxes``); an
+unmatched one has IoU 0. Over all planned objects: ``layout_iou`` (mean IoU), ``layout_hit`` (IoU >=
+``HIT_IOU``) and ``layout_inside`` (the matched detection's centre lies in the planned box). The detector
+finds nothing meaningful in other images, so on other datasets these three are None. ``layout_objects`` is
+the mean plan size per image.
 
-Once per distinct prompt (its first sample's plan), against the prompt's ``reference`` image in the
-dataset's ``annotations.jsonl``: ``plan_miou`` (``max_iou``) and ``plan_layout_sim`` (``layout_similarity``);
-None where no prompt has ground truth.
+Once per distinct prompt (its first sample's plan), against the prompt's ground truth: ``plan_miou``
+(``max_iou``) and ``plan_layout_sim`` (``layout_similarity``); None where no prompt has ground truth. The
+ground truth is the prompt record's own ``layout`` (normalised xyxy, e.g. a ``layout_prompts`` dataset's),
+else its ``reference`` image's objects in a Shapes dataset's ``annotations.jsonl``.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,10 +74,25 @@ def planned_samples(samples_dir: Path) -> list[dict] | None:
     return rows
 
 
+def is_shapes_dataset(dataset_dir: Path) -> bool:
+    """Whether ``dataset_dir`` holds a Shapes dataset: its ``provenance.json`` records a Shapes config
+    (``kind: shapes``, or no ``kind``: ``t2i.data.shapes.generate`` records its config without one); False
+    without a ``provenance.json``."""
+    provenance = Path(dataset_dir) / "provenance.json"
+    try:
+        config = json.loads(provenance.read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        return False
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{provenance}: cannot read the dataset's config ({e!r})") from e
+    return isinstance(config, dict) and config.get("kind", "shapes") == "shapes"
+
+
 def ground_truth_layouts(dataset_dir: Path) -> dict[str, list[dict]]:
-    """Image name -> normalised layout from a Shapes dataset's ``annotations.jsonl`` ({} without one)."""
+    """Image name -> normalised layout from a Shapes dataset's ``annotations.jsonl`` ({} for another
+    dataset, or without one)."""
     annotations = dataset_dir / "annotations.jsonl"
-    if not annotations.is_file():
+    if not annotations.is_file() or not is_shapes_dataset(dataset_dir):
         return {}
     size = image_size_of(dataset_dir)
     return {r["name"]: shapes_layout(r["objects"], size) for r in read_jsonl(annotations) if "objects" in r}
@@ -85,15 +103,22 @@ def _mean(values) -> float | None:
 
 
 def plan_scores(rows: list[dict], prompts_path: Path, dataset_dir: Path) -> dict:
-    """``plan_miou``, ``plan_layout_sim`` and ``n_plans`` over the distinct prompts with ground truth."""
-    references = {p["id"]: p.get("reference") for p in read_jsonl(prompts_path)}
+    """``plan_miou``, ``plan_layout_sim`` and ``n_plans`` over the distinct prompts with ground truth: the
+    prompt's own ``layout``, else its ``reference`` image's in a Shapes dataset."""
+    prompts = {p["id"]: p for p in read_jsonl(prompts_path)}
     plans: dict[str, list[dict]] = {}
     for row in rows:
-        if row["id"] not in references:
+        if row["id"] not in prompts:
             raise ValueError(f"{prompts_path}: has no prompt {row['id']!r} (a sample's id)")
         plans.setdefault(row["id"], row["layout"])
-    truth = ground_truth_layouts(dataset_dir)
-    pairs = [(plan, truth[references[i]]) for i, plan in plans.items() if references[i] in truth]
+    shapes_truth = ground_truth_layouts(dataset_dir)
+    pairs = []
+    for i, plan in plans.items():
+        if prompts[i].get("layout") is not None:
+            _check_layout(prompts[i]["layout"], f"{prompts_path}: prompt {i!r}")
+            pairs.append((plan, prompts[i]["layout"]))
+        elif prompts[i].get("reference") in shapes_truth:
+            pairs.append((plan, shapes_truth[prompts[i]["reference"]]))
     return {"plan_miou": _mean([max_iou(plan, gt) for plan, gt in pairs]),
             "plan_layout_sim": _mean([layout_similarity(plan, gt) for plan, gt in pairs]),
             "n_plans": len(pairs)}
@@ -104,10 +129,12 @@ def layout_metric_family(ctx) -> dict | None:
     rows = planned_samples(ctx.samples_dir)
     if rows is None:
         return None
-    objects = [o for r in rows for o in score_image(r["layout"], ctx.samples_dir / r["file"])]
+    dataset = Path(ctx.inputs["dataset"])
+    detected = rows if is_shapes_dataset(dataset) else []  # the detector reads Shapes images only
+    objects = [o for r in detected for o in score_image(r["layout"], ctx.samples_dir / r["file"])]
     return {"layout_iou": _mean([o["iou"] for o in objects]),
             "layout_hit": _mean([o["iou"] >= HIT_IOU for o in objects]),
             "layout_inside": _mean([o["inside"] for o in objects]),
             "layout_objects": _mean([len(r["layout"]) for r in rows]),
             "n": len(rows),
-            **plan_scores(rows, ctx.prompts_path, ctx.inputs["dataset"])}
+            **plan_scores(rows, ctx.prompts_path, dataset)}

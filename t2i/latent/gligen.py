@@ -188,12 +188,18 @@ class GLIGENDrawer(torch.nn.Module):
                 "gligen": {"boxes": boxes, "masks": masks, "positive_embeddings": embeddings},
                 "relations": relation_tensor(relations, self.text, device)}
 
+    def relation(self, cond: dict, size: tuple[int, int], levels: int = 0) -> dict:
+        """The relation module's inputs for ``cond`` at U-Net input ``size`` (:func:`relation_kwargs`)."""
+        g = cond["gligen"]
+        return relation_kwargs(cond["relations"].to(self.unet.dtype), g["boxes"], g["masks"], size, levels)
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
-        """The noise prediction (float32) at ``x``; inputs are cast to the U-Net's dtype."""
+        """The noise prediction (float32) at ``x``; inputs are cast to the U-Net's dtype; ``cond["relation"]``,
+        where given, holds the relation inputs computed once for ``x``'s size."""
         dtype = self.unet.dtype
         g = cond["gligen"]
         kwargs = {"gligen": {k: v.to(dtype) for k, v in g.items()},
-                  "relation": relation_kwargs(cond["relations"].to(dtype), g["boxes"], g["masks"], x.shape[-2:])}
+                  "relation": cond.get("relation") or self.relation(cond, x.shape[-2:])}
         return self.unet(x.to(dtype), timesteps, encoder_hidden_states=cond["context"].to(dtype),
                          cross_attention_kwargs=kwargs, return_dict=False)[0].float()
 
@@ -223,6 +229,7 @@ def draw(drawer: GLIGENDrawer, noise: torch.Tensor, cond: dict, uncond: dict | N
     x = noise * sched.init_noise_sigma
     grounded = int(beta * len(sched.timesteps))
     both = _stack(uncond, cond) if uncond is not None else cond
+    both = {**both, "relation": drawer.relation(both, noise.shape[-2:], levels=len(drawer.unet.config.block_out_channels))}
     try:
         for i, t in enumerate(sched.timesteps):
             set_fuser(drawer.unet, i < grounded)
@@ -242,8 +249,8 @@ def unconditional(drawer: GLIGENDrawer, relations: list[list[str]], device) -> d
     return drawer.conditions([""] * len(relations), None, relations, device)
 
 
-def save_pipeline(out_dir: Path, unet, text: ClipText, scheduler) -> None:
-    """A ``StableDiffusionGLIGENPipeline``-layout folder without ``vae/`` (pixel space); its scheduler is PLMS
+def save_pipeline(out_dir: Path, unet, text: ClipText, scheduler, vae=None) -> None:
+    """A ``StableDiffusionGLIGENPipeline``-layout folder (pixel space without ``vae``); its scheduler is PLMS
     (``PNDMScheduler``, the original's sampler; deterministic given the initial noise) on the training betas."""
     from diffusers import PNDMScheduler
 
@@ -254,13 +261,17 @@ def save_pipeline(out_dir: Path, unet, text: ClipText, scheduler) -> None:
     scheduler.save_pretrained(out_dir / "scheduler")
     text.model.save_pretrained(out_dir / "text_encoder")
     text.tokenizer.save_pretrained(out_dir / "tokenizer")
+    if vae is not None:
+        vae.save_pretrained(out_dir / "vae")
+    space = "latent space (vae/)" if vae is not None else "pixel space: no vae/"
     atomic_write_json(out_dir / "model_index.json", {
         "_class_name": "StableDiffusionGLIGENPipeline",
-        "_t2i_note": "pixel space: no vae/; the U-Net carries LayoutLLM's relation module (t2i.latent.gligen)",
+        "_t2i_note": f"{space}; the U-Net carries LayoutLLM's relation module (t2i.latent.gligen)",
         "unet": ["t2i.models.gligen", "RelationUNet2DConditionModel"], "scheduler": ["diffusers", type(scheduler).__name__],
         "text_encoder": ["transformers", type(text.model).__name__],
         "tokenizer": ["transformers", type(text.tokenizer).__name__],
-        "vae": [None, None], "safety_checker": [None, None], "feature_extractor": [None, None]})
+        "vae": ["diffusers", type(vae).__name__] if vae is not None else [None, None],
+        "safety_checker": [None, None], "feature_extractor": [None, None]})
 
 
 # ---------------------------------------------------------------------------- the Shapes drawer (recipe)

@@ -28,7 +28,9 @@ def xyxy_to_xywh(box) -> list[float]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def _example(entry, where: str) -> dict:
+def parse_example(entry, where: str) -> dict:
+    """An entry of the original's structure (``captions``, ``label``, ``bbox`` centre-format) as ``{"caption",
+    "objects"}`` with top-left ``[x, y, w, h]`` boxes; a malformed entry raises ``CandidateFileError`` at ``where``."""
     if not isinstance(entry, dict):
         raise CandidateFileError(f"{where}: expected an object, got {type(entry).__name__}")
     missing = [k for k in ("captions", "label", "bbox") if k not in entry]
@@ -63,7 +65,7 @@ def read_candidates(path: str | Path) -> list[dict]:
     ids = data.get("id") or list(range(len(data["data"])))
     if len(ids) != len(data["data"]):
         raise CandidateFileError(f"{path}: {len(ids)} ids for {len(data['data'])} examples")
-    return [{"id": i, **_example(entry, f"{path}: data[{k}]")} for k, (i, entry) in enumerate(zip(ids, data["data"]))]
+    return [{"id": i, **parse_example(entry, f"{path}: data[{k}]")} for k, (i, entry) in enumerate(zip(ids, data["data"]))]
 
 
 def write_candidates(path: str | Path, examples: list[dict], image_size: int) -> None:

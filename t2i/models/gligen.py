@@ -46,9 +46,7 @@ class RelationCrossAttention(torch.nn.Module):
             return hidden
         b, n, c = x.shape
         h, w = level_size(relation["size"], n)
-        cells = box_cells(relation["boxes"], relation["masks"], h, w)  # [B, slots, h*w]
-        exact = torch.promote_types(hidden.dtype, torch.float32)  # box areas exact under bf16 too
-        means = cells.to(exact) / cells.sum(-1, keepdim=True).clamp(min=1).to(exact)
+        cells, means = relation["pooling"].get((h, w)) or box_pooling(relation["boxes"], relation["masks"], h, w)
         objects = means.to(hidden.dtype) @ hidden  # the mean inside each box; zero for invalid slots
         cells = cells.to(hidden.dtype)
         objects = objects + self.alpha_attn.tanh() * self.attn(self.norm1(objects),
@@ -78,6 +76,13 @@ def box_cells(boxes: torch.Tensor, masks: torch.Tensor, h: int, w: int) -> torch
     inside = ((ys >= y0[..., None, None]) & (ys < y1[..., None, None])
               & (xs >= x0[..., None, None]) & (xs < x1[..., None, None]))
     return (inside & valid[..., None, None]).flatten(2)
+
+
+def box_pooling(boxes: torch.Tensor, masks: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cells, means)``, both ``[B, slots, h*w]``: :func:`box_cells` and the cells over their box's area, in
+    float32 or wider (the box areas stay exact when the network runs in bf16)."""
+    cells = box_cells(boxes, masks, h, w).to(torch.promote_types(boxes.dtype, torch.float32))
+    return cells, cells / cells.sum(-1, keepdim=True).clamp(min=1)
 
 
 class RelationTransformerBlock(BasicTransformerBlock):
@@ -131,7 +136,13 @@ class RelationUNet2DConditionModel(UNet2DConditionModel):
 
 
 def relation_kwargs(embeddings: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor,
-                    size: tuple[int, int]) -> dict:
+                    size: tuple[int, int], levels: int = 0) -> dict:
     """``cross_attention_kwargs["relation"]``: relation embeddings ``[B, R, D]`` (zero rows pad), boxes
-    ``[B, slots, 4]`` normalised xyxy, their masks ``[B, slots]`` and the U-Net input's (H, W)."""
-    return {"embeddings": embeddings, "boxes": boxes, "masks": masks, "size": tuple(size)}
+    ``[B, slots, 4]`` normalised xyxy, their masks ``[B, slots]`` and the U-Net input's (H, W); ``levels``: the
+    box pooling of that many U-Net levels (H x W, then halved) computed here once, as a sampler does for all its
+    steps (the boxes fix it), instead of in every block of every call."""
+    pooling, (h, w) = {}, size
+    for _ in range(levels):
+        pooling[(h, w)] = box_pooling(boxes, masks, h, w)
+        h, w = h // 2, w // 2
+    return {"embeddings": embeddings, "boxes": boxes, "masks": masks, "size": tuple(size), "pooling": pooling}

@@ -317,7 +317,8 @@ class LayoutLLMSystem:
     def sample(self, exp: dict, inputs: dict[str, Path], prompts: list[dict], out_dir: Path) -> None:
         from t2i.latent.gligen import GLIGENDrawer, draw, unconditional
         from t2i.systems.sampling import Generated, row_noise, run_sampling
-        from t2i.utils.device import default_device
+        from t2i.utils.compile import compile_if_wanted
+        from t2i.utils.device import default_device, sampling_dtype
 
         s, device = exp["sample"], default_device()
         plans = {r["id"]: r for r in read_jsonl(inputs["layouts"])}
@@ -325,6 +326,9 @@ class LayoutLLMSystem:
         if missing:
             raise ValueError(f"{inputs['layouts']}: no plan for prompts {missing[:3]}")
         drawer = GLIGENDrawer.load(inputs["drawer"]).to(device).eval()
+        dtype = sampling_dtype(s["dtype"], device)  # U-Net and text encoder; the VAE decodes in fp32
+        drawer.unet.to(dtype), drawer.text.model.to(dtype)
+        drawer.unet = compile_if_wanted(drawer.unet, s["compile"], device)
         c, h = drawer.unet.config.in_channels, drawer.unet.config.sample_size
 
         def generate(rows: list[dict]) -> Generated:

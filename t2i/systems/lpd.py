@@ -31,7 +31,7 @@ import torch
 from t2i.systems.sampling import Generated, row_noise, run_sampling
 from t2i.utils.compile import compile_if_wanted
 from t2i.utils.atomic import atomic_write_json, atomic_write_jsonl
-from t2i.utils.device import default_device
+from t2i.utils.device import default_device, sampling_dtype
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,7 @@ class LPDSystem:
 
         s, text, device = exp["sample"], exp["text"], default_device()
         base = SD3Base.load(inputs["base"], text["clip_max_length"], text["token_length"]).to(device)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(s["dtype"])
-        if dtype is None:  # auto
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        base.cast_frozen(dtype)  # the inputs follow the weights (SD3Base.forward): no autocast
+        base.cast_frozen(sampling_dtype(s["dtype"], device))  # the inputs follow the weights (SD3Base.forward): no autocast
         base.transformer = compile_if_wanted(base.transformer, s["compile"], device)
         decomposer = None
         if s["compose"] == "decomposer":

@@ -17,6 +17,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``sample.dtype``: fp32, bf16, or auto (bf16 on CUDA, fp32 on a CPU)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
 def require_gpus(count: int, what: str) -> None:
     """Fail at once when ``count`` GPUs are asked for (``resources.gpu``) and CUDA is unusable here.
 
