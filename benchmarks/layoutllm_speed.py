@@ -11,8 +11,9 @@ relation triplets. Timed after one warm-up batch, text encoding included, VAE de
 
 A variant is a ``+``-joined set of speed settings applied to a fresh drawer (same weights): ``eager`` (none),
 ``compile`` (``torch.compile`` of the U-Net, as ``sample.compile`` does), ``max_autotune`` (compiled with
-``max-autotune-no-cudagraphs``), ``channels_last`` (the U-Net's convolutions in NHWC) and ``fused_qkv``
-(diffusers' ``fuse_qkv_projections``: one matmul for q, k and v).
+``max-autotune-no-cudagraphs``), ``channels_last`` (the U-Net's convolutions in NHWC), ``fused_qkv``
+(diffusers' ``fuse_qkv_projections``: one matmul for q, k and v) and ``cudnn_sdpa`` (attention by cuDNN's kernel:
+PyTorch's flash and memory-efficient kernels switched off).
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def images_per_second(drawer, batch: int, steps: int, precision: str, device) ->
 def prepared_drawer(variant: str, device):
     """A fresh drawer with ``variant``'s speed settings (module docstring)."""
     settings = set(variant.split("+"))
-    unknown = settings - {"eager", "compile", "max_autotune", "channels_last", "fused_qkv"}
+    unknown = settings - {"eager", "compile", "max_autotune", "channels_last", "fused_qkv", "cudnn_sdpa"}
     if unknown:
         raise SystemExit(f"unknown variant settings {sorted(unknown)}")
     drawer = build_drawer(device)
@@ -118,6 +119,9 @@ def main() -> None:
     device = torch.device("cuda")
     for variant in args.variants:
         drawer = prepared_drawer(variant, device)
+        cudnn = "cudnn_sdpa" in variant.split("+")
+        torch.backends.cuda.enable_flash_sdp(not cudnn)
+        torch.backends.cuda.enable_mem_efficient_sdp(not cudnn)
         unet_params = sum(p.numel() for p in drawer.unet.parameters()) / 1e6
         relation = sum(p.numel() for n, p in drawer.unet.named_parameters() if ".rela_fuse." in n) / 1e6
         print(f"{torch.cuda.get_device_name()}, {variant}: U-Net {unet_params:.1f} M parameters ({relation:.1f} M in "

@@ -20,6 +20,7 @@ def lafite_snapshot(path: Path, out_dir: Path) -> dict:
     embedded source); the generator's config comes from the snapshot's own ``init_kwargs`` (the
     original's text MLPs are always 512 wide), and every tensor must land on ours by name and shape.
     """
+    from t2i.checkpoints.safe_load import state_dict_mismatch
     from t2i.checkpoints.stylegan_pkl import read_snapshot
     from t2i.models.folder import save_model_folder
     from t2i.models.lafite import LafiteGenerator
@@ -38,12 +39,9 @@ def lafite_snapshot(path: Path, out_dir: Path) -> dict:
         raise ValueError(f"{path}: the snapshot records no resolution (img_resolution)")
     G = LafiteGenerator(**config)
     ours = G.state_dict()
-    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}" for label, names in
-                 (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)) if names]
-        raise ValueError(f"{path}: G_ema does not match a LAFITE generator of config {config}: " + "; ".join(parts))
+    problem = state_dict_mismatch(ours, state)
+    if problem:
+        raise ValueError(f"{path}: G_ema does not match a LAFITE generator of config {config}: {problem}")
     G.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()})
     save_model_folder(out_dir, "lafite", {GENERATOR: G},
                       {"resolution": config["resolution"], "f_dim": config["f_dim"], "imported_from": path.name})

@@ -80,15 +80,22 @@ def _check_consumed(name: str, source: dict[str, torch.Tensor], converted: dict[
 
 
 def _load_strict(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from t2i.checkpoints.safe_load import state_dict_mismatch
+
     ours = module.state_dict()
-    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)) if keys]
-        raise ConversionError(f"{name}: the checkpoint does not match the network its config describes: "
-                              + "; ".join(parts))
+    problem = state_dict_mismatch(ours, state)
+    if problem:
+        raise ConversionError(f"{name}: the checkpoint does not match the network its config describes: {problem}")
     module.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, assign=True)
+
+
+def _network(name: str, cls, config: dict, source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]):
+    """``cls(**config)`` holding ``converted`` (built on the meta device: the weights come from the checkpoint)."""
+    _check_consumed(name, source, converted)
+    with torch.device("meta"):
+        module = cls(**config)
+    _load_strict(name, module, converted)
+    return module
 
 
 def convert_unet(state: dict[str, torch.Tensor], config: dict):
@@ -99,23 +106,14 @@ def convert_unet(state: dict[str, torch.Tensor], config: dict):
 
     converted = convert_ldm_unet_checkpoint({LDM_UNET_KEY + k: v for k, v in state.items()}, config)
     converted.update({k: v for k, v in state.items() if k.startswith("position_net.")})
-    _check_consumed("unet", state, converted)
-    with torch.device("meta"):
-        unet = RelationUNet2DConditionModel(**config)
-    _load_strict("unet", unet, converted)
-    return unet
+    return _network("unet", RelationUNet2DConditionModel, config, state, converted)
 
 
 def convert_vae(state: dict[str, torch.Tensor], config: dict):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    converted = convert_ldm_vae_checkpoint(dict(state), config)
-    _check_consumed("vae", state, converted)
-    with torch.device("meta"):
-        vae = AutoencoderKL(**config)
-    _load_strict("vae", vae, converted)
-    return vae
+    return _network("vae", AutoencoderKL, config, state, convert_ldm_vae_checkpoint(dict(state), config))
 
 
 def convert_text_encoder(state: dict[str, torch.Tensor], clip: Path):

@@ -60,3 +60,14 @@ def _reason(error: Exception) -> str:
     """The unpickler's own complaint, without torch's advice around it."""
     text = str(error).split("WeightsUnpickler error:", 1)[-1].strip()
     return text.splitlines()[0].split(" Please use")[0].strip() if text else type(error).__name__
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``given`` from loading strictly where ``expected`` (a module's ``state_dict()``) is: missing,
+    unexpected and differently shaped tensors, three of each named; None when it fits."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong)) if keys]
+    return "; ".join(parts) or None
+
