@@ -335,7 +335,7 @@ def test_hub_parts_without_sha256_are_verified_against_the_hubs(srv, tmp_path, c
     route.headers["ETag"] = f'"{"0" * 64}"'
     shutil.rmtree(out)
     with pytest.raises(AssetError, match=rf"^pretrained\.gligen\.parts\[1\]\.sha256: {CHUNK1}: checksum mismatch: "
-                                         rf"expected sha256 0{{64}}"):
+                                         rf"expected sha256 0{{64}} \(the one the Hub publishes for it\)"):
         assemble_asset("gligen", cfg, out)
     route.headers["ETag"] = '"not-an-lfs-etag"'
     with pytest.raises(AssetError, match=rf"^pretrained\.gligen\.parts\[1\]\.sha256: the Hub publishes no SHA-256 "

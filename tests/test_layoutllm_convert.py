@@ -64,6 +64,9 @@ def test_converted_folder_is_the_original_networks_as_a_gligen_pipeline(world):
         want, got = world["nets"][name].state_dict(), module.state_dict()
         assert got.keys() == want.keys(), name
         assert all(torch.equal(got[k], want[k]) for k in want), name
+    # settings no tensor shape shows (heads, sinusoid order, ...) also match: the same function
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in drawer.unet.config.items() if k in UNET} == UNET
+    assert drawer.vae.config.sample_size == 16
     assert drawer.vae.config.scaling_factor == 0.18215
     assert drawer.text.tokenizer("a red circle").input_ids == \
         type(drawer.text.tokenizer).from_pretrained(world["clip"])("a red circle").input_ids
@@ -82,6 +85,16 @@ def test_converted_folder_is_the_original_networks_as_a_gligen_pipeline(world):
     layout = [{"name": "red circle", "box": [0.1, 0.1, 0.5, 0.6]}, {"name": "blue square", "box": [0.5, 0.4, 0.9, 0.9]}]
     relations = [["red circle left of blue square"]]
     cond = drawer.conditions(["a red circle left of a blue square"], [layout], relations, "cpu")
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([500])
+    original_unet = world["nets"]["unet"].eval().requires_grad_(False)
+    with torch.no_grad():
+        converted = drawer(x, t, cond)
+        original = GLIGENDrawer(original_unet, drawer.text, drawer.scheduler_config, drawer.vae)(x, t, cond)
+        precomputed = drawer(x, t, {**cond, "relation": drawer.relation(cond, (8, 8), levels=3)})  # as draw() does
+    # the same float32 network, possibly through other kernels: sums reordered at the 1e-6 level; a wrong head
+    # count or weight differs at order 1
+    assert torch.allclose(converted, original, rtol=1e-5, atol=1e-5), (converted - original).abs().max()
+    assert torch.allclose(precomputed, converted, rtol=1e-5, atol=1e-5), (precomputed - converted).abs().max()
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     images = drawer.decode(draw(drawer, noise, cond, unconditional(drawer, relations, "cpu"), steps=3, cfg=7.5,
                                 beta=0.3))
@@ -93,7 +106,7 @@ def test_converted_folder_is_the_original_networks_as_a_gligen_pipeline(world):
      r"unet: the checkpoint does not match the network its config describes: missing "
      r"\['down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.rela_fuse\.alpha_attn'\]"),
     (lambda m: m.update({"label_emb.0.weight": torch.zeros(2, 2)}),
-     r"unet: 1 tensors of the checkpoint fit no unet tensor, e\.g\. \['label_emb\.0\.weight'\]"),
+     r"unet: \d+ tensors in the checkpoint became \d+; 1 fit no unet tensor, e\.g\. \['label_emb\.0\.weight'\]"),
     (lambda m: m.update({"input_blocks.1.1.proj_in.weight": torch.zeros(3, 3, 1, 1)}),
      r"unet: .*shape differs \['down_blocks\.0\.attentions\.0\.proj_in\.weight'\]"),
 ])
@@ -115,6 +128,22 @@ def test_a_relation_count_other_than_the_drawers_is_named(world):
         with pytest.raises(AssetError, match=r"^pretrained\.layoutllm\.convert: max_relations is 12; the drawer "
                                              r"feeds 10 relation slots$"):
             assemble_asset("layoutllm", cfg, out)
+
+
+def test_sd14_config_gives_sds_unet():
+    from t2i.checkpoints.gligen_ldm import ConversionError, unet_config
+
+    params = {"image_size": 64, "in_channels": 4, "out_channels": 4, "model_channels": 320,  # coco2014.yaml
+              "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4], "num_heads": 8,
+              "transformer_depth": 1, "context_dim": 768, "fuser_type": "gatedSA",
+              "grounding_tokenizer": {"params": {"in_dim": 768, "out_dim": 768}}}
+    config = unet_config({"params": params}, relation_dim=768)
+    assert config["block_out_channels"] == [320, 640, 1280, 1280] and config["attention_head_dim"] == 8
+    assert config["down_block_types"] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    assert config["up_block_types"] == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+    del params["context_dim"]
+    with pytest.raises(ConversionError, match=r"^the checkpoint's config has no model\.params\.context_dim$"):
+        unet_config({"params": params}, relation_dim=768)
 
 
 def test_the_converter_needs_a_clip_asset_and_depends_on_it():

@@ -209,8 +209,9 @@ def _fetch_part(asset: _Asset, i: int, filename: str, sha256: str, url: str | No
     actual = sha256_file(path)
     if actual != sha256:
         path.unlink()
-        raise asset.error(f"{filename}: checksum mismatch: expected sha256 {sha256}, got {actual}; the download "
-                          "was deleted", "parts", i, "sha256")
+        origin = "" if asset.cfg["parts"][i].get("sha256") else " (the one the Hub publishes for it)"
+        raise asset.error(f"{filename}: checksum mismatch: expected sha256 {sha256}{origin}, got {actual}; the "
+                          "download was deleted", "parts", i, "sha256")
     return path
 
 

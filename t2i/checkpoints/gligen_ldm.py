@@ -34,9 +34,22 @@ def _section(config: dict, name: str) -> dict:
     return section
 
 
+class _Params(dict):
+    """A config section's ``params`` whose missing keys are a :class:`ConversionError` naming the key."""
+
+    def __init__(self, section: dict, where: str):
+        super().__init__(section.get("params") or {})
+        self.where = where
+
+    def __missing__(self, key: str):
+        raise ConversionError(f"the checkpoint's config has no {self.where}.{key}")
+
+
 def unet_config(model: dict, relation_dim: int) -> dict:
-    """diffusers' ``UNet2DConditionModel`` config (plus ``relation_dim``) of GLIGEN's LDM ``UNetModel`` params."""
-    params = model.get("params") or {}
+    """diffusers' ``UNet2DConditionModel`` config (plus ``relation_dim``) of GLIGEN's LDM ``UNetModel`` params
+    (attention at the levels whose downsampling factor is in ``attention_resolutions``; ``num_heads`` heads, 8 by
+    GLIGEN's default, which diffusers' ``attention_head_dim`` means for SD-1)."""
+    params = _Params(model, "model.params")
     if params.get("fuser_type") != "gatedSA":
         raise ConversionError(f"model.params.fuser_type is {params.get('fuser_type')!r}: the drawer is GLIGEN's gatedSA")
     grounding = (params.get("grounding_tokenizer") or {}).get("params") or {}
@@ -47,36 +60,38 @@ def unet_config(model: dict, relation_dim: int) -> dict:
     mult, ch = params["channel_mult"], params["model_channels"]
     attention = set(params["attention_resolutions"])
     down = ["CrossAttnDownBlock2D" if 2 ** level in attention else "DownBlock2D" for level in range(len(mult))]
-    heads = params.get("num_heads", -1)
-    if heads == -1:
-        heads = [ch * m // params["num_head_channels"] for m in mult]
     return dict(sample_size=params["image_size"], in_channels=params["in_channels"],
                 out_channels=params["out_channels"], block_out_channels=[ch * m for m in mult],
                 down_block_types=down, up_block_types=[b.replace("Down", "Up") for b in reversed(down)],
-                layers_per_block=params["num_res_blocks"], attention_head_dim=heads,
+                layers_per_block=params["num_res_blocks"], attention_head_dim=params.get("num_heads", 8),
                 transformer_layers_per_block=params.get("transformer_depth", 1), cross_attention_dim=context,
                 relation_dim=relation_dim)
 
 
-def vae_config(autoencoder: dict) -> dict:
-    """diffusers' ``AutoencoderKL`` config of LDM's ``AutoencoderKL`` params (GLIGEN keeps ``scale_factor`` there)."""
-    params = autoencoder.get("params") or {}
-    dd = params["ddconfig"]
+def vae_config(autoencoder: dict, latent_size: int) -> dict:
+    """diffusers' ``AutoencoderKL`` config of LDM's ``AutoencoderKL`` params (GLIGEN keeps ``scale_factor`` there);
+    its ``sample_size`` is the images the pipeline draws from ``latent_size`` latents."""
+    params = _Params(autoencoder, "autoencoder.params")
+    dd = _Params({"params": params["ddconfig"]}, "autoencoder.params.ddconfig")
     if dd.get("attn_resolutions"):
         raise ConversionError("autoencoder.params.ddconfig.attn_resolutions is not empty: not SD's VAE")
     n = len(dd["ch_mult"])
-    return dict(sample_size=dd["resolution"], in_channels=dd["in_channels"], out_channels=dd["out_ch"],
+    return dict(sample_size=latent_size * 2 ** (n - 1), in_channels=dd["in_channels"], out_channels=dd["out_ch"],
                 down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
                 block_out_channels=[dd["ch"] * m for m in dd["ch_mult"]], latent_channels=dd["z_channels"],
-                layers_per_block=dd["num_res_blocks"], scaling_factor=params.get("scale_factor", 0.18215))
+                layers_per_block=dd["num_res_blocks"], scaling_factor=params["scale_factor"])
 
 
 def _check_consumed(name: str, source: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> None:
-    """Every source tensor must be in ``converted`` (the converters pass tensors or views of them on)."""
-    used = {t.data_ptr() for t in converted.values() if t is not None}
+    """Every source tensor must be in ``converted`` once (the converters pass tensors or views of them on)."""
+    empty = sorted(k for k, t in converted.items() if t is None)
+    if empty:
+        raise ConversionError(f"{name}: the checkpoint lacks the tensors for {empty[:3]}")
+    used = {t.data_ptr() for t in converted.values()}
     left = sorted(k for k, t in source.items() if t.data_ptr() not in used)
-    if left:
-        raise ConversionError(f"{name}: {len(left)} tensors of the checkpoint fit no {name} tensor, e.g. {left[:3]}")
+    if left or len(converted) != len(source):
+        raise ConversionError(f"{name}: {len(source)} tensors in the checkpoint became {len(converted)}; "
+                              f"{len(left)} fit no {name} tensor, e.g. {left[:3]}")
 
 
 def _load_strict(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -176,7 +191,8 @@ def convert_layoutllm_gligen(folder: Path, out_dir: Path, clip: Path) -> dict:
         raise ConversionError(f"model.params.context_dim {unet_cfg['cross_attention_dim']} is not the text "
                               f"encoder's width {text.dim}")
     unet = convert_unet(_state(folder, "model"), unet_cfg)
-    vae = convert_vae(_state(folder, "autoencoder"), vae_config(_section(config, "autoencoder")))
+    vae_cfg = vae_config(_section(config, "autoencoder"), latent_size=unet_cfg["sample_size"])
+    vae = convert_vae(_state(folder, "autoencoder"), vae_cfg)
     save_pipeline(out_dir, unet, text, pndm_scheduler(config.get("diffusion") or {}), vae=vae)
     (out_dir / "checkpoint.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return {"converter": "layoutllm-gligen", "iters": record.get("iters"), "clip": str(clip),
