@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
 import typing
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from fake_modules import registered_modules
 
 
 class _Node:
@@ -68,18 +68,11 @@ _FAKES = {"omegaconf.base": {"Metadata": _Metadata, "ContainerMetadata": _Contai
 def fake_omegaconf():
     """Register the fake classes under omegaconf's module names while pickling, and only then."""
     assert "omegaconf" not in sys.modules
-    modules = {"omegaconf": types.ModuleType("omegaconf")}
     for module, classes in _FAKES.items():
-        modules[module] = types.ModuleType(module)
         for name, cls in classes.items():
             cls.__module__, cls.__qualname__ = module, name
-            setattr(modules[module], name, cls)
-    sys.modules.update(modules)
-    try:
+    with registered_modules({"omegaconf": {}, **_FAKES}):
         yield
-    finally:
-        for module in modules:
-            del sys.modules[module]
 
 
 def _wrap(value, parent, key):

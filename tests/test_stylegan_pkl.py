@@ -1,15 +1,14 @@
 """Reading StyleGAN2-ADA / LAFITE snapshot pickles without running the code they embed."""
-import contextlib
 import copy
 import os
 import pickle
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_modules import registered_modules
 
 from t2i.checkpoints.safe_load import UnsafeCheckpointError
 from t2i.checkpoints.stylegan_pkl import UnsafePickleError, read_snapshot
@@ -31,21 +30,10 @@ class EasyDict(dict):
 EasyDict.__module__ = "dnnlib.util"
 
 
-@contextlib.contextmanager
 def original_modules():
     """Register the stand-ins under the original module names while pickling (only then)."""
-    persistence = types.ModuleType("torch_utils.persistence")
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    util = types.ModuleType("dnnlib.util")
-    util.EasyDict = EasyDict
-    names = {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": persistence,
-             "dnnlib": types.ModuleType("dnnlib"), "dnnlib.util": util}
-    sys.modules.update(names)
-    try:
-        yield
-    finally:
-        for name in names:
-            del sys.modules[name]
+    return registered_modules({"torch_utils": {}, "torch_utils.persistence": {
+        "_reconstruct_persistent_obj": _reconstruct_persistent_obj}, "dnnlib": {}, "dnnlib.util": {"EasyDict": EasyDict}})
 
 
 def dump(obj, path: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> Path:

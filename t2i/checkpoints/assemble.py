@@ -102,30 +102,31 @@ def _from_url(asset: _Asset, tmp: Path, staging: Path) -> dict:
     filename = asset.cfg.get("filename") or _url_filename(url)
     if not filename:
         raise asset.error(f"no file name in {url!r}; set `filename`", "filename")
+    _download_one(asset, url, filename, tmp, staging, "url")
+    return {"url": url, "filename": filename}
+
+
+def _download_one(asset: _Asset, url: str, filename: str, tmp: Path, staging: Path, key: str, *,
+                  refuse_web_page: bool = False, hint: str = "") -> None:
+    """``url`` into the asset as ``filename``, checked against the block's ``sha256`` and ``size``; a failure is
+    the asset's error at ``key`` (``hint`` added where the server answered with a web page)."""
     sha256 = asset.sha256(asset.cfg.get("sha256"), "sha256")
     try:
-        path = download_url(url, staging / filename, sha256=sha256, size=asset.cfg.get("size"))
+        path = download_url(url, staging / filename, sha256=sha256, size=asset.cfg.get("size"),
+                            refuse_web_page=refuse_web_page)
     except DownloadError as e:
-        raise asset.error(str(e), "url") from None
+        raise asset.error(f"{e}{hint if 'web page' in str(e) else ''}", key) from None
     if sha256 is None:
         log.warning("%s: no sha256 configured, so the download is not verified", asset.key())
     _place(path, tmp / filename)
-    return {"url": url, "filename": filename}
 
 
 def _from_google_drive(asset: _Asset, tmp: Path, staging: Path) -> dict:
     file_id, filename = asset.require("file_id"), asset.require("filename")
-    sha256 = asset.sha256(asset.cfg.get("sha256"), "sha256")
-    url = f"{DRIVE_DOWNLOAD}?id={file_id}&export=download&confirm=t"
-    try:
-        path = download_url(url, staging / filename, sha256=sha256, size=asset.cfg.get("size"), refuse_web_page=True)
-    except DownloadError as e:
-        hint = (" (is the file shared with anyone who has the link? Drive also serves a page when its download "
-                "quota is used up: download it in a browser and use source: local)") if "web page" in str(e) else ""
-        raise asset.error(f"{e}{hint}", "file_id") from None
-    if sha256 is None:
-        log.warning("%s: no sha256 configured, so the download is not verified", asset.key())
-    _place(path, tmp / filename)
+    _download_one(asset, f"{DRIVE_DOWNLOAD}?id={file_id}&export=download&confirm=t", filename, tmp, staging,
+                  "file_id", refuse_web_page=True,
+                  hint=" (is the file shared with anyone who has the link? Drive also serves a page when its "
+                       "download quota is used up: download it in a browser and use source: local)")
     return {"google_drive": file_id, "filename": filename}
 
 

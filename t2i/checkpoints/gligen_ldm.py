@@ -176,6 +176,7 @@ def convert_layoutllm_gligen(folder: Path, out_dir: Path, clip: Path) -> dict:
     from transformers import AutoTokenizer
 
     from t2i.latent.gligen import ClipText, save_pipeline
+    from t2i.utils.atomic import atomic_write_json
 
     record = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
     config = record.get("config")
@@ -194,7 +195,7 @@ def convert_layoutllm_gligen(folder: Path, out_dir: Path, clip: Path) -> dict:
     vae_cfg = vae_config(_section(config, "autoencoder"), latent_size=unet_cfg["sample_size"])
     vae = convert_vae(_state(folder, "autoencoder"), vae_cfg)
     save_pipeline(out_dir, unet, text, pndm_scheduler(config.get("diffusion") or {}), vae=vae)
-    (out_dir / "checkpoint.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / "checkpoint.json", record)
     return {"converter": "layoutllm-gligen", "iters": record.get("iters"), "clip": str(clip),
             "unet_parameters": sum(p.numel() for p in unet.parameters()),
             "relation_parameters": sum(p.numel() for n, p in unet.named_parameters() if ".rela_fuse." in n)}

@@ -44,8 +44,7 @@ def published_sha256(repo_id: str, filename: str, *, revision: str | None = None
     """The SHA-256 the Hub publishes for an LFS file of ``repo_id`` (its etag), read without downloading it."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    where = f"{filename} of {repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    endpoint, where = _location(repo_id, filename, revision, repo_type)
     url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
     try:
         etag = get_hf_file_metadata(url, token=token or hf_token() or False, endpoint=endpoint).etag or ""
@@ -57,14 +56,19 @@ def published_sha256(repo_id: str, filename: str, *, revision: str | None = None
     return etag.strip('"')
 
 
+def _location(repo_id: str, filename: str | None, revision: str | None, repo_type: str) -> tuple[str, str]:
+    """The endpoint (``HF_ENDPOINT`` or the Hub's) and how messages name the repo (or one file of it) there."""
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    what = f"{filename} of " if filename else ""
+    return endpoint, f"{what}{repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+
+
 def _fetch(download, repo_id: str, filename: str | None, dest: str | os.PathLike, *, revision: str | None,
            repo_type: str, token: str | None, **kwargs) -> Path:
     """``download`` (``snapshot_download``, or ``hf_hub_download`` of ``filename``) into ``dest``, its errors as
     one :class:`HubDownloadError` naming what and where, and the ``hf download`` command that does the same."""
     dest = Path(dest)
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    what = f"{filename} of " if filename else ""
-    where = f"{what}{repo_type} '{repo_id}' (revision {revision or 'main'}) from {endpoint}"
+    endpoint, where = _location(repo_id, filename, revision, repo_type)
     cli = (f"hf download {repo_id}{' ' + filename if filename else ''} --repo-type {repo_type} "
            f"--revision {revision or 'main'} --local-dir DIR")
     log.info("fetching %s into %s", where, dest)

@@ -77,13 +77,37 @@ _CANDIDATES = 32  # positions drawn at once per object
 _CONFIG_KEYS = ("seed", "image_size", "num_train", "num_test", "max_objects", "holdout_pairs", "num_holdout")
 
 
-def image_size_of(dataset_dir: Path) -> int:
-    """A generated Shapes dataset's image side, from its ``provenance.json``."""
+def _recorded_config(dataset_dir: Path):
+    """The dataset config its ``provenance.json`` records; ``FileNotFoundError`` without one, ``ValueError``
+    for one that is unreadable or records none."""
     provenance = Path(dataset_dir) / "provenance.json"
     try:
-        return json.loads(provenance.read_text(encoding="utf-8"))["config"]["image_size"]
+        config = json.loads(provenance.read_text(encoding="utf-8"))["config"]
+    except FileNotFoundError:
+        raise
     except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{provenance}: cannot read the dataset's config ({e!r})") from e
+    return config
+
+
+def image_size_of(dataset_dir: Path) -> int:
+    """A generated Shapes dataset's image side, from its ``provenance.json``."""
+    try:
+        return _recorded_config(dataset_dir)["image_size"]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        provenance = Path(dataset_dir) / "provenance.json"
         raise ValueError(f"{provenance}: cannot read config.image_size of the Shapes dataset ({e!r})") from e
+
+
+def is_shapes_dataset(dataset_dir: Path) -> bool:
+    """Whether ``dataset_dir`` holds a Shapes dataset: its ``provenance.json`` records a Shapes config
+    (``kind: shapes``, or no ``kind``: :func:`generate` records its config without one); False without a
+    ``provenance.json``."""
+    try:
+        config = _recorded_config(dataset_dir)
+    except FileNotFoundError:
+        return False
+    return isinstance(config, dict) and config.get("kind", "shapes") == "shapes"
 
 
 def margins(image_size: int) -> tuple[int, int]:

@@ -16,14 +16,13 @@ else its ``reference`` image's objects in a Shapes dataset's ``annotations.jsonl
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from t2i.data.shapes import image_size_of
+from t2i.data.shapes import image_size_of, is_shapes_dataset
 from t2i.eval.shapes import detect
 from t2i.layout.examples import shapes_layout
 from t2i.layout.metrics import layout_similarity, match_boxes, max_iou
@@ -72,20 +71,6 @@ def planned_samples(samples_dir: Path) -> list[dict] | None:
     for n, row in enumerate(rows, start=1):
         _check_layout(row["layout"], f"{index} line {n}")
     return rows
-
-
-def is_shapes_dataset(dataset_dir: Path) -> bool:
-    """Whether ``dataset_dir`` holds a Shapes dataset: its ``provenance.json`` records a Shapes config
-    (``kind: shapes``, or no ``kind``: ``t2i.data.shapes.generate`` records its config without one); False
-    without a ``provenance.json``."""
-    provenance = Path(dataset_dir) / "provenance.json"
-    try:
-        config = json.loads(provenance.read_text(encoding="utf-8"))["config"]
-    except FileNotFoundError:
-        return False
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{provenance}: cannot read the dataset's config ({e!r})") from e
-    return isinstance(config, dict) and config.get("kind", "shapes") == "shapes"
 
 
 def ground_truth_layouts(dataset_dir: Path) -> dict[str, list[dict]]:

@@ -2,10 +2,10 @@
 pixel-SDXL items (image in [-1, 1], tag caption, SDXL ``time_ids``), the format the pixel-space students train on."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from t2i.data.pixel_sdxl_meta import BucketRule, PixelSDXLDataset, read_metadata, write_shapes_metadata
+from t2i.utils.atomic import read_jsonl
 
 
 def shapes_items(dataset_dir: Path, work: Path, *, seed: int, caption_drop: float, flip: bool) -> PixelSDXLDataset:
@@ -30,7 +30,7 @@ def shapes_train_split(dataset_dir: Path):
     path = dataset_dir / "annotations.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the recipe trains on a Shapes dataset (annotations.jsonl)")
-    rows = [r for r in (json.loads(line) for line in open(path, encoding="utf-8")) if r["split"] == "train"]
+    rows = [r for r in read_jsonl(path) if r["split"] == "train"]
     if not rows:
         raise ValueError(f"{path}: no train images")
     return torch.stack([image_tensor(dataset_dir / "images" / f"{r['name']}.png") for r in rows]), rows
