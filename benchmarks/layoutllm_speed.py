@@ -6,12 +6,16 @@ guidance, through :func:`t2i.latent.gligen.draw` (the path the sample stage take
 
 The drawer has the shapes of the released checkpoint: SD-1.4's U-Net (320/640/1280/1280, 8 heads, context 768)
 with GLIGEN's gated self-attention and the relation module in all 16 transformer blocks, CLIP-L's text encoder
-(12 layers, 768) and SD's VAE (decoded in float32). Each prompt has 6 boxes (COCO-NSS1K's average: 6.35) and 2
+(12 layers, 768) and SD's VAE, all three in the precision measured (``sample.dtype``); cuDNN's TF32 stays on as
+torch leaves it and the sample stage runs, and ``tf32`` also turns TF32 matmuls on. Each prompt has 6 boxes (COCO-NSS1K's average: 6.35) and 2
 relation triplets. Timed after one warm-up batch, text encoding included, VAE decoding included.
 
 A variant is a ``+``-joined set of speed settings applied to a fresh drawer (same weights): ``eager`` (none),
 ``compile`` (``torch.compile`` of the U-Net, as ``sample.compile`` does), ``max_autotune`` (compiled with
-``max-autotune-no-cudagraphs``), ``channels_last`` (the U-Net's convolutions in NHWC), ``fused_qkv``
+``max-autotune-no-cudagraphs``), ``cudagraphs`` (compiled with ``reduce-overhead``: each U-Net call one CUDA
+graph replay), ``conv1x1_mm`` (Inductor lowers 1x1 convolutions to
+matmuls, one of diffusers' recommended settings; its coordinate-descent tuning compiled for over 9 minutes here),
+``channels_last`` (the U-Net's convolutions in NHWC), ``fused_qkv``
 (diffusers' ``fuse_qkv_projections``: one matmul for q, k and v) and ``cudnn_sdpa`` (attention by cuDNN's kernel:
 PyTorch's flash and memory-efficient kernels switched off).
 """
@@ -63,11 +67,10 @@ def layouts(batch: int) -> tuple[list[str], list[list[dict]], list[list[str]]]:
 def images_per_second(drawer, batch: int, steps: int, precision: str, device) -> tuple[float, float]:
     from t2i.latent.gligen import draw, unconditional
 
+    # cuDNN's TF32 stays torch's default (on), as in the sample stage: the VAE's fp32 convolutions use it
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    drawer.unet.to(dtype=dtype)
-    drawer.text.model.to(dtype)
+    drawer.cast(dtype)  # as the sample stage does
     prompts, lays, rels = layouts(batch)
 
     def once() -> torch.Tensor:
@@ -92,7 +95,8 @@ def images_per_second(drawer, batch: int, steps: int, precision: str, device) ->
 def prepared_drawer(variant: str, device):
     """A fresh drawer with ``variant``'s speed settings (module docstring)."""
     settings = set(variant.split("+"))
-    unknown = settings - {"eager", "compile", "max_autotune", "channels_last", "fused_qkv", "cudnn_sdpa"}
+    unknown = settings - {"eager", "compile", "max_autotune", "channels_last", "fused_qkv", "cudnn_sdpa",
+                          "cudagraphs", "conv1x1_mm"}
     if unknown:
         raise SystemExit(f"unknown variant settings {sorted(unknown)}")
     drawer = build_drawer(device)
@@ -100,8 +104,14 @@ def prepared_drawer(variant: str, device):
         drawer.unet.to(memory_format=torch.channels_last)
     if "fused_qkv" in settings:
         drawer.unet.fuse_qkv_projections()
+    if "conv1x1_mm" in settings:
+        import torch._inductor.config as inductor
+
+        inductor.conv_1x1_as_mm = True
     if "compile" in settings:
         drawer.unet = torch.compile(drawer.unet)
+    if "cudagraphs" in settings:
+        drawer.unet = torch.compile(drawer.unet, mode="reduce-overhead")
     if "max_autotune" in settings:
         drawer.unet = torch.compile(drawer.unet, mode="max-autotune-no-cudagraphs")
     return drawer

@@ -14,6 +14,7 @@ rule pretrained:
     benchmark:
         f"{RESULTS}/benchmarks/pretrained/{{asset}}.tsv"
     threads: SHARED_JOB_THREADS
+    priority: asset_priority
     resources:
         mem_mb=lambda wc: wf.asset_mem_mb(config, wc.asset),
         runtime=240,

@@ -19,6 +19,7 @@ def shared_job_threads():
 
 
 SHARED_JOB_THREADS = shared_job_threads()
+PRIORITIES = wf.scheduling_priorities(config)
 EXPERIMENTS = list(config["experiments"])
 RUN = config["run"]
 
@@ -51,6 +52,15 @@ def stage_resource(stage, key):
 
 def stage_threads(stage):
     return stage_resource(stage, "cpus_per_task")
+
+
+def experiment_priority(wc):
+    """Snakemake `priority` of an experiment's jobs (`resources.priority`, raised by the experiments that wait on it)."""
+    return PRIORITIES.get(("experiment", wc.exp), 0)
+
+
+def asset_priority(wc):
+    return PRIORITIES.get(("asset", wc.asset), 0)
 
 
 def stage_resources(stage):

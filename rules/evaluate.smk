@@ -34,6 +34,7 @@ rule evaluate:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/evaluate_{{prompt_set}}.tsv"
     threads: stage_threads("evaluate")
+    priority: experiment_priority
     resources:
         **stage_resources("evaluate"),
     conda:

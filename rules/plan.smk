@@ -14,6 +14,7 @@ rule plan:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/plan_{{prompt_set}}.tsv"
     threads: stage_threads("plan")
+    priority: experiment_priority
     resources:
         **stage_resources("plan"),
     conda:

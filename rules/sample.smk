@@ -13,6 +13,7 @@ rule sample:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/sample_{{prompt_set}}.tsv"
     threads: stage_threads("sample")
+    priority: experiment_priority
     resources:
         **stage_resources("sample"),
     conda:

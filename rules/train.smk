@@ -13,6 +13,7 @@ rule prepare:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/prepare.tsv"
     threads: stage_threads("prepare")
+    priority: experiment_priority
     resources:
         **stage_resources("prepare"),
     conda:
@@ -33,6 +34,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/train.tsv"
     threads: stage_threads("train")
+    priority: experiment_priority
     resources:
         **stage_resources("train"),
     conda:

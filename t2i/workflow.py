@@ -238,6 +238,43 @@ def stage_resources(config: dict, exp: str, stage: str) -> dict[str, Any]:
     return values
 
 
+def scheduling_priorities(config: dict) -> dict[tuple[str, str], int]:
+    """Snakemake ``priority`` of each experiment's jobs (key ``("experiment", name)``) and of each asset's job
+    (``("asset", name)``): the highest ``resources.priority`` among the ``run`` experiments that wait on them,
+    through every input of every stage (an experiment whose model another reads, the assets it reads, the
+    assets those are trained from). Where jobs compete for cores Snakemake starts the higher first, so a long
+    training and everything before it start early instead of last. Unlisted jobs have priority 0."""
+    from t2i.eval.registry import family_inputs
+
+    def upstream(kind: str, name: str):
+        if kind == "asset":
+            paths = list(asset_dependencies(config, name).values())
+        else:
+            paths = [p for stage in STAGES for p in stage_inputs(config, name, stage).values()]
+            paths += [p for ps in prompt_sets(config, name) for p in family_inputs(config, name, ps).values()]
+        for path in paths:
+            parts = Path(path).parts
+            if parts[:2] == (RESULTS, "pretrained"):
+                yield "asset", parts[2]
+            elif path == model_dir(parts[1]):
+                yield "experiment", parts[1]
+
+    priority: dict[tuple[str, str], int] = {}
+
+    def raise_to(node: tuple[str, str], value: int) -> None:
+        if node[0] == "experiment":
+            value = max(value, config["experiments"][node[1]]["resources"]["priority"])
+        if priority.get(node, -1) >= value:
+            return
+        priority[node] = value
+        for up in upstream(*node):
+            raise_to(up, value)
+
+    for exp in config["run"]:
+        raise_to(("experiment", exp), 0)
+    return priority
+
+
 def evaluation_gpu(config: dict, dataset: str) -> int:
     """GPUs for a dataset's reference statistics: 1 if any final experiment evaluating on it has one."""
     return int(any(stage_resources(config, exp, "evaluate")["gpu"] for exp in config["run"]

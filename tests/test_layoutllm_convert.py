@@ -99,6 +99,12 @@ def test_converted_folder_is_the_original_networks_as_a_gligen_pipeline(world):
     images = drawer.decode(draw(drawer, noise, cond, unconditional(drawer, relations, "cpu"), steps=3, cfg=7.5,
                                 beta=0.3))
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    drawer.cast(torch.bfloat16)  # sample.dtype bf16: all three networks, images still float32 in [-1, 1]
+    assert {p.dtype for m in (drawer.unet, drawer.text.model, drawer.vae) for p in m.parameters()} == {torch.bfloat16}
+    low = drawer.decode(draw(drawer, noise, cond, unconditional(drawer, relations, "cpu"), steps=3, cfg=7.5, beta=0.3))
+    # bf16 keeps 8 bits of mantissa: through three steps and the decoder the images move by a few percent of
+    # their range, far below a broken cast (order 1)
+    assert low.dtype == torch.float32 and (low - images).abs().mean() < 0.1, (low - images).abs().mean()
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -43,7 +43,7 @@ def _exp(c):
     (lambda c: _exp(c)["train"].update(blr=2e-3), {"train", "report"}),
     (lambda c: _exp(c)["text"].update(max_length=16), {"prepare", "sample", "report"}),
     (lambda c: _exp(c)["evaluate"].update(kid_subset_size=50), {"evaluate", "report"}),
-    (lambda c: _exp(c)["resources"].update(mem_mb=9000, prepare={"runtime": 5}), set()),
+    (lambda c: _exp(c)["resources"].update(mem_mb=9000, prepare={"runtime": 5}, priority=3), set()),
     (lambda c: c["datasets"]["shapes32"].update(seed=5), {"dataset"}),
     # speed-only knobs change nothing already produced
     (lambda c: _exp(c)["sample"].update(gen_bsz=7, compile=True), set()),
@@ -106,6 +106,27 @@ def test_stage_resources_inherit_the_train_job_with_one_gpu(raw):
     cfg = validate_config(raw)
     assert wf.stage_resources(cfg, "shapes_jit", "evaluate")["gpu_model"] is None
     assert wf.evaluation_gpu(cfg, "shapes32") == 0
+
+
+def test_a_priority_reaches_every_job_the_experiment_waits_on(raw):
+    """config.yaml gives LAFITE's long training priority 1: its CLIP and its evaluation's extractor start first;
+    an experiment reading another's model raises that experiment and, through it, its assets."""
+    p = wf.scheduling_priorities(validate_config(raw))
+    assert p[("experiment", "shapes_lafite")] == 1
+    assert p[("asset", "shapes-clip")] == p[("asset", "shapes-cnn")] == 1
+    assert p[("experiment", "shapes_jit")] == p[("asset", "shapes-sd3")] == p[("asset", "minilm")] == 0
+    raw = copy.deepcopy(raw)
+    ft = copy.deepcopy(raw["experiments"]["shapes_pixel_sdxl"])
+    ft["inputs"]["init"] = {"experiment": "shapes_pixel_sdxl"}
+    ft["resources"]["priority"] = 5
+    raw["experiments"]["pixel_ft"] = ft
+    raw["run"] = ["pixel_ft", "shapes_lpd"]
+    raw["experiments"]["shapes_lpd"]["resources"] = {"priority": 2}
+    p = wf.scheduling_priorities(validate_config(raw))
+    assert p[("experiment", "pixel_ft")] == p[("experiment", "shapes_pixel_sdxl")] == 5
+    assert p[("asset", "shapes-clip")] == p[("asset", "shapes-cnn")] == 5
+    assert p[("asset", "shapes-sd3")] == p[("asset", "minilm")] == 2  # the SD3 base and what it is trained from
+    assert ("experiment", "shapes_jit") not in p and ("asset", "shapes-gligen") not in p
 
 
 def test_status_summary_parsing():

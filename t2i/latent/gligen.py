@@ -145,6 +145,13 @@ class GLIGENDrawer(torch.nn.Module):
         unet = RelationUNet2DConditionModel.from_pretrained(folder / UNET, local_files_only=True)
         return cls(unet.eval().requires_grad_(False), text, scheduler, vae)
 
+    def cast(self, dtype: torch.dtype) -> "GLIGENDrawer":
+        """The U-Net, text encoder and VAE in ``dtype`` (``sample.dtype``); their inputs follow the weights."""
+        for model in (self.unet, self.text.model, self.vae):
+            if model is not None:  # no VAE: a pixel-space drawer
+                model.to(dtype)
+        return self
+
     @property
     def vae_factor(self) -> int:
         """Image pixels per U-Net cell along a side: the VAE's factor, or the pixel patch."""
@@ -223,9 +230,14 @@ def draw(drawer: GLIGENDrawer, noise: torch.Tensor, cond: dict, uncond: dict | N
          beta: float, scheduler: str | None = None) -> torch.Tensor:
     """Sample from ``noise``: classifier-free guidance on ``[uncond; cond]`` (``uncond``: empty caption, no
     grounding, the prompt's relations), the gated self-attention on for the first ``int(beta * steps)`` steps
-    (GLIGEN's scheduled sampling), then off. Returns the final latents (images in pixel space)."""
+    (GLIGEN's scheduled sampling), then off. Returns the final latents (images in pixel space).
+
+    The scheduler keeps its timesteps on the CPU and the U-Net reads a device copy made once: a scheduler step
+    indexing its CPU tables with a device timestep would wait for the GPU every step, leaving it idle while the
+    next U-Net call is launched."""
     sched = drawer.scheduler(scheduler)
-    sched.set_timesteps(steps, device=noise.device)
+    sched.set_timesteps(steps)
+    unet_timesteps = sched.timesteps.to(noise.device)
     x = noise * sched.init_noise_sigma
     grounded = int(beta * len(sched.timesteps))
     both = _stack(uncond, cond) if uncond is not None else cond
@@ -234,7 +246,7 @@ def draw(drawer: GLIGENDrawer, noise: torch.Tensor, cond: dict, uncond: dict | N
         for i, t in enumerate(sched.timesteps):
             set_fuser(drawer.unet, i < grounded)
             inp = sched.scale_model_input(torch.cat([x, x]) if uncond is not None else x, t)
-            eps = drawer(inp, t.expand(inp.shape[0]), both)
+            eps = drawer(inp, unet_timesteps[i].expand(inp.shape[0]), both)
             if uncond is not None:
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + cfg * (e_c - e_u)

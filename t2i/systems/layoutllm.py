@@ -325,9 +325,7 @@ class LayoutLLMSystem:
         missing = [p["id"] for p in prompts if p["id"] not in plans]
         if missing:
             raise ValueError(f"{inputs['layouts']}: no plan for prompts {missing[:3]}")
-        drawer = GLIGENDrawer.load(inputs["drawer"]).to(device).eval()
-        dtype = sampling_dtype(s["dtype"], device)  # U-Net and text encoder; the VAE decodes in fp32
-        drawer.unet.to(dtype), drawer.text.model.to(dtype)
+        drawer = GLIGENDrawer.load(inputs["drawer"]).to(device).eval().cast(sampling_dtype(s["dtype"], device))
         drawer.unet = compile_if_wanted(drawer.unet, s["compile"], device)
         c, h = drawer.unet.config.in_channels, drawer.unet.config.sample_size
 
