@@ -146,9 +146,10 @@ class GLIGENDrawer(torch.nn.Module):
         return cls(unet.eval().requires_grad_(False), text, scheduler, vae)
 
     def cast(self, dtype: torch.dtype) -> "GLIGENDrawer":
-        """The U-Net, text encoder and VAE in ``dtype`` (``sample.dtype``); their inputs follow the weights."""
+        """The U-Net, text encoder and VAE in ``dtype`` (``sample.dtype``); their inputs follow the weights. Models
+        already in ``dtype`` are left alone (diffusers warns on every ``to(dtype)``, even one that changes nothing)."""
         for model in (self.unet, self.text.model, self.vae):
-            if model is not None:  # no VAE: a pixel-space drawer
+            if model is not None and model.dtype != dtype:  # no VAE: a pixel-space drawer
                 model.to(dtype)
         return self
 
