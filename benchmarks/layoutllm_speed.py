@@ -7,17 +7,17 @@ guidance, through :func:`t2i.latent.gligen.draw` (the path the sample stage take
 The drawer has the shapes of the released checkpoint: SD-1.4's U-Net (320/640/1280/1280, 8 heads, context 768)
 with GLIGEN's gated self-attention and the relation module in all 16 transformer blocks, CLIP-L's text encoder
 (12 layers, 768) and SD's VAE, all three in the precision measured (``sample.dtype``); cuDNN's TF32 stays on as
-torch leaves it and the sample stage runs, and ``tf32`` also turns TF32 matmuls on. Each prompt has 6 boxes (COCO-NSS1K's average: 6.35) and 2
-relation triplets. Timed after one warm-up batch, text encoding included, VAE decoding included.
+torch leaves it and the sample stage runs, and ``tf32`` also turns TF32 matmuls on. Each prompt has 6 boxes
+(COCO-NSS1K's average: 6.35) and 2 relation triplets. Timed after one warm-up batch, text encoding included,
+VAE decoding included.
 
 A variant is a ``+``-joined set of speed settings applied to a fresh drawer (same weights): ``eager`` (none),
 ``compile`` (``torch.compile`` of the U-Net, as ``sample.compile`` does), ``max_autotune`` (compiled with
 ``max-autotune-no-cudagraphs``), ``cudagraphs`` (compiled with ``reduce-overhead``: each U-Net call one CUDA
-graph replay), ``conv1x1_mm`` (Inductor lowers 1x1 convolutions to
-matmuls, one of diffusers' recommended settings; its coordinate-descent tuning compiled for over 9 minutes here),
-``channels_last`` (the U-Net's convolutions in NHWC), ``fused_qkv``
-(diffusers' ``fuse_qkv_projections``: one matmul for q, k and v) and ``cudnn_sdpa`` (attention by cuDNN's kernel:
-PyTorch's flash and memory-efficient kernels switched off).
+graph replay), ``conv1x1_mm`` (Inductor lowers 1x1 convolutions to matmuls, one of diffusers' recommended
+settings; its coordinate-descent tuning compiled for over 9 minutes here), ``channels_last`` (the U-Net's
+convolutions in NHWC), ``fused_qkv`` (diffusers' ``fuse_qkv_projections``: one matmul for q, k and v) and
+``cudnn_sdpa`` (attention by cuDNN's kernel: PyTorch's flash and memory-efficient kernels switched off).
 """
 from __future__ import annotations
 

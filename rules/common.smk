@@ -55,7 +55,7 @@ def stage_threads(stage):
 
 
 def experiment_priority(wc):
-    """Snakemake `priority` of an experiment's jobs (`resources.priority`, raised by the experiments that wait on it)."""
+    """Snakemake `priority` of an experiment's jobs (t2i.workflow.scheduling_priorities)."""
     return PRIORITIES.get(("experiment", wc.exp), 0)
 
 
