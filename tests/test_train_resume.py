@@ -84,16 +84,18 @@ def test_changing_lr_starts_fresh(tmp_path, caplog):
     assert_same_weights(out, tmp_path / "direct", WEIGHTS)
 
 
-def test_state_past_steps_only_rewrites_outputs(tmp_path, caplog):
+def test_a_state_past_the_steps_retrains_to_exactly_the_steps(tmp_path, caplog):
+    """Lowering train.steps below a saved state: the model must be the one of the new steps (the old
+    behaviour exported the longer run's weights under the shorter config), as a fresh run gives it."""
     caplog.set_level(logging.INFO)
-    out = tmp_path / "run"
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
     train(out, steps=20)
-    before = load_file(out / "model" / "model.safetensors")
-    shutil.rmtree(out / "model")
     result = train(out, steps=10)
-    assert result["steps_run"] == 0 and "past train.steps=10" in caplog.text
-    after = load_file(out / "model" / "model.safetensors")
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert result["resumed_from"] == 0 and result["steps_run"] == 10
+    assert "starting fresh: the saved state is past train.steps=10" in caplog.text
+    train(fresh, steps=10)
+    shortened, reference = load_file(out / "model" / "model.safetensors"), load_file(fresh / "model" / "model.safetensors")
+    assert all(torch.equal(shortened[k], reference[k]) for k in reference)
 
 
 def _folder(path, content):

@@ -154,9 +154,11 @@ class StateDir:
         if meta is None:
             log.info(f"starting fresh: no saved state in {self.path}")
             return 0, []
-        if meta["fingerprint"] != config_hash(ident):
-            log.warning(f"starting fresh: {_why_different(meta['identity'], ident)}; "
-                     f"discarding the saved state (step {meta['step']})")
+        if meta["fingerprint"] != config_hash(ident) or meta["step"] > steps:
+            why = (_why_different(meta['identity'], ident) if meta["fingerprint"] != config_hash(ident) else
+                   f"the saved state is past train.steps={steps}, and its weights are not the model of {steps} steps "
+                   "(data order and noise are keyed by step: the retrained run is the one a fresh start gives)")
+            log.warning(f"starting fresh: {why}; discarding the saved state (step {meta['step']})")
             self.discard()
             return 0, []
         try:
@@ -167,9 +169,6 @@ class StateDir:
             raise RuntimeError(f"{self.path} matches this run's fingerprint but cannot be loaded ({e}); "
                                "delete it to start fresh") from e
         step = meta["step"]
-        if step > steps:
-            log.warning(f"the saved state is at step {step}, past train.steps={steps}: its weights are the "
-                        f"final ones (delete {self.path} to retrain to exactly {steps} steps)")
         log.info(f"resuming at step {step}")
         return step, read_jsonl(self.path / LOG_ROWS)
 
