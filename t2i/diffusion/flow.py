@@ -58,7 +58,9 @@ def sample(model: Denoiser, noise: torch.Tensor, cond_emb: torch.Tensor, uncond_
     ``[D]`` or ``[N, D]`` (the empty-prompt features). ``steps`` uniform steps; ``heun``
     uses Euler for the last step (``2 * steps - 1`` evaluations), ``euler`` uses ``steps``.
     Inside the CFG interval the conditional and unconditional passes share one batched
-    call; outside it the unconditional pass is skipped.
+    call; outside it the unconditional pass is skipped. The time grid stays on the host
+    (float32, the same values on any device): choosing the guidance never waits for the
+    device, so a GPU runs the solver's calls back to back.
     """
     if method not in ("heun", "euler"):
         raise ValueError(f"unknown sampling method {method!r} (heun or euler)")
@@ -69,14 +71,14 @@ def sample(model: Denoiser, noise: torch.Tensor, cond_emb: torch.Tensor, uncond_
 
     def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not _guided(t, cfg, interval_min, interval_max):
-            return _velocity(model(z, t.expand(n), cond_emb), z, t, t_eps)
+            return _velocity(model(z, torch.full((n,), float(t), device=z.device), cond_emb), z, t, t_eps)
         zz = torch.cat([z, z])
-        x_pred = model(zz, t.expand(2 * n), torch.cat([cond_emb, uncond_emb]))
+        x_pred = model(zz, torch.full((2 * n,), float(t), device=z.device), torch.cat([cond_emb, uncond_emb]))
         v_cond, v_uncond = _velocity(x_pred, zz, t, t_eps).chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
     z = noise.float() * noise_scale
-    ts = torch.linspace(0.0, 1.0, steps + 1, device=noise.device)
+    ts = torch.linspace(0.0, 1.0, steps + 1)
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
         v = velocity(z, t)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from t2i.data.captions import CaptionDirDataset
+from t2i.data.captions import CaptionDirDataset, to_signed_unit
 from t2i.systems.sampling import Generated, inference_autocast, prepare_module, row_noise, run_sampling
 from t2i.utils.atomic import atomic_path, atomic_write_json
 from t2i.utils.device import default_device
@@ -53,7 +53,8 @@ class _CachedTextDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i]["image"], "text": self.features[self.rows[i]]}
+        """uint8 pixels: the task scales them on its device."""
+        return {"image": self.images.pixels(i), "text": self.features[self.rows[i]]}
 
 
 class JiTTask:
@@ -72,10 +73,14 @@ class JiTTask:
     def step(self, batch: dict, step: int, ctx) -> dict[str, torch.Tensor]:
         from t2i.diffusion.flow import jit_loss
 
-        text = batch["text"]
+        text, image = batch["text"], batch["image"]
+        if image.dtype == torch.uint8:
+            image = to_signed_unit(image)
+        if self.empty.device != text.device:  # once: a pageable copy every step would wait for the GPU
+            self.empty = self.empty.to(text.device)
         drop = torch.rand(text.shape[0], device=text.device) < self.m["cond_dropout"]
         text = torch.where(drop[:, None], self.empty.to(text), text)
-        loss = jit_loss(ctx.module(NETWORK), batch["image"], text, P_mean=self.m["P_mean"], P_std=self.m["P_std"],
+        loss = jit_loss(ctx.module(NETWORK), image, text, P_mean=self.m["P_mean"], P_std=self.m["P_std"],
                         noise_scale=self.m["noise_scale"], t_eps=self.m["t_eps"])
         ctx.backward(loss)
         ctx.optimizer_step(NETWORK)

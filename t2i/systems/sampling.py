@@ -16,7 +16,9 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -50,8 +52,14 @@ def expand_prompts(prompts: list[dict], num_images: int | None, seed: int) -> li
 
 
 def row_noise(rows: list[dict], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
-    """``[len(rows), *shape]`` standard normal noise, row ``r`` drawn from a generator seeded by ``r["seed"]``."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(r["seed"])) for r in rows]).to(device)
+    """``[len(rows), *shape]`` standard normal noise, row ``r`` drawn from a CPU generator seeded by ``r["seed"]``
+    (the same numbers on any machine). Rows are drawn in threads: one thread took 0.3-0.6 s per 128 images
+    of 256 px, time a GPU waits for."""
+    def draw(row: dict) -> torch.Tensor:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(row["seed"]))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(rows), os.cpu_count() or 1))) as pool:
+        return torch.stack(list(pool.map(draw, rows))).to(device)
 
 
 def prepare_module(module: torch.nn.Module, sample_cfg: dict, device: torch.device) -> torch.nn.Module:
@@ -73,19 +81,29 @@ def run_sampling(exp: dict, prompts: list[dict], out_dir: str | Path,
     start = time.time()
     s, out_dir = exp["sample"], Path(out_dir)
     rows = expand_prompts(prompts, s["num_images"], s["seed"])
-    for first in tqdm(range(0, len(rows), s["gen_bsz"]), desc="sampling", unit="batch"):
-        batch = rows[first:first + s["gen_bsz"]]
-        with torch.no_grad():
-            out = generate_batch(batch)
-        for i, (row, img) in enumerate(zip(batch, tensor_to_uint8(out.images))):
-            save_png(img, out_dir / row["file"])
-            if out.info is not None:
-                row.update(out.info[i])
-        for name, pictures in out.extras.items():
-            for row, img in zip(batch, tensor_to_uint8(pictures)):
-                rel = f"extras/{name}/{row['file']}"
-                save_png(img, out_dir / rel)
-                row.setdefault("extras", {})[name] = rel
+    # PNG encoding (zlib, outside the GIL) runs in threads while the next batch generates; a batch's files are
+    # waited for after the next batch, so at most two batches of pixels are held.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as writer:
+        pending: list[Future] = []
+        for first in tqdm(range(0, len(rows), s["gen_bsz"]), desc="sampling", unit="batch"):
+            batch = rows[first:first + s["gen_bsz"]]
+            with torch.no_grad():
+                out = generate_batch(batch)
+            writes = []
+            for i, (row, img) in enumerate(zip(batch, tensor_to_uint8(out.images))):
+                writes.append(writer.submit(save_png, img, out_dir / row["file"]))
+                if out.info is not None:
+                    row.update(out.info[i])
+            for name, pictures in out.extras.items():
+                for row, img in zip(batch, tensor_to_uint8(pictures)):
+                    rel = f"extras/{name}/{row['file']}"
+                    writes.append(writer.submit(save_png, img, out_dir / rel))
+                    row.setdefault("extras", {})[name] = rel
+            for done in pending:
+                done.result()  # raises a failed write here
+            pending = writes
+        for done in pending:
+            done.result()
     atomic_write_jsonl(out_dir / "index.jsonl", rows)
     write_provenance(out_dir, {"sample": s, **(extra_provenance or {})}, seeds=s["seed"],
                      wall_time_s=time.time() - start)
