@@ -83,3 +83,11 @@ def test_decoder_only_llm_without_pad_token(tiny_llm):
     padded = enc.encode(["a small red circle", "two big blue squares a small red circle"])[0]
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)  # right padding + causal attention
     assert not any(p.requires_grad for p in enc.model.parameters())
+
+
+def test_a_batch_of_empty_captions_without_bos_pools_to_zeros(tiny_llm):
+    """CFG's empty caption alone is zero tokens for a tokenizer that adds no BOS: zeros, not a model call on an
+    empty sequence (a reshape error inside the LLM)."""
+    encoder = FrozenTextEncoder(tiny_llm, max_length=16)
+    assert torch.equal(encoder.encode(["", ""]), torch.zeros(2, 32))
+    assert torch.equal(encoder.encode(["", "a small red circle"])[0], torch.zeros(32))

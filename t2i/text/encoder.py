@@ -71,6 +71,9 @@ class FrozenTextEncoder:
         for start in tqdm(starts, desc="encode text", unit="batch", disable=len(starts) < 2):
             tokens = self.tokenizer(list(texts[start:start + self.batch_size]), padding="longest", truncation=True,
                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+            if tokens["input_ids"].shape[1] == 0:  # only empty texts, and a tokenizer that adds no BOS: no tokens
+                pooled.append(torch.zeros(tokens["input_ids"].shape[0], self.dim, device=self.device))
+                continue
             hidden = self.model(input_ids=tokens["input_ids"],
                                 attention_mask=tokens["attention_mask"]).last_hidden_state.float()
             mask = tokens["attention_mask"].unsqueeze(-1).float()
