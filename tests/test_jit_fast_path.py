@@ -5,7 +5,7 @@ import torch
 
 from t2i.data.captions import to_signed_unit
 from t2i.systems.jit import JiTTask
-from t2i.train.loop import _build_optimizer
+from t2i.train.loop import _build_optimizer, keep_fused
 from t2i.train.optim import adamw_from_train_config
 from test_jit_model import randomized, tiny
 
@@ -48,14 +48,15 @@ def batch() -> dict:
 
 def test_uint8_batches_train_exactly_as_float_ones(batch):
     """The loader ships uint8 pixels and the step scales them: the same loss and gradients, bit for bit,
-    as the float images the dataset used to yield."""
+    as the float images the dataset used to yield (``x.float() / 127.5 - 1`` on the CPU)."""
+    every = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_signed_unit(every), every.float() / 127.5 - 1.0)
     model = randomized(tiny())
     loss_u8, grads_u8 = _step(model, model, batch)
-    loss_f, grads_f = _step(model, model, {**batch, "image": to_signed_unit(batch["image"])})
+    loss_f, grads_f = _step(model, model, {**batch, "image": batch["image"].float() / 127.5 - 1.0})
     assert loss_u8 == loss_f
     for name in grads_f:
         assert torch.equal(grads_u8[name], grads_f[name]), name
-    assert to_signed_unit(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
 
 
 def test_compiled_bf16_step_matches_the_eager_fp32_step(batch):
@@ -64,8 +65,8 @@ def test_compiled_bf16_step_matches_the_eager_fp32_step(batch):
     bf16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per rounding); matmuls round their inputs
     and accumulate in fp32, norms and the loss run in fp32, so independent roundings mostly cancel in the
     mean loss and add up in the gradients, where the backward rounds again (measured on this network: loss
-    0.013%, gradients at most 1.3% of their norm). The bounds leave 15x and 4x of room; a wrong graph (a
-    dropped residual, RoPE or scale) moves both by tens of percent."""
+    0.013%, gradients at most 1.3% of their norm). The bounds leave 15x and 7x of room for CPUs whose bf16
+    matmuls round otherwise; a wrong graph (a dropped residual, RoPE or scale) moves both by tens of percent."""
     model = randomized(tiny())
     loss_ref, grads_ref = _step(model, model, batch)
     compiled = torch.compile(model)
@@ -76,7 +77,22 @@ def test_compiled_bf16_step_matches_the_eager_fp32_step(batch):
         if ref.norm() < 1e-3 * max(g.norm() for g in grads_ref.values()):
             continue  # a vanishing gradient has no relative precision to speak of
         err = (grads_fast[name] - ref).norm() / ref.norm()
-        assert err < 0.05, f"{name}: gradient off by {float(err):.3f} of its norm"
+        assert err < 0.1, f"{name}: gradient off by {float(err):.3f} of its norm"
+
+
+def test_a_fused_optimizer_stays_fused_after_loading_an_unfused_state():
+    """A state saved by an unfused AdamW (on a CPU, or before the loop fused it) carries its groups' flags;
+    ``load_state_dict`` would switch the fused kernel off unless the loop sets it back."""
+    model = randomized(tiny())
+    spec = adamw_from_train_config(model, {"lr": 1e-2})
+    unfused, _ = _build_optimizer(spec)
+    fused, _ = _build_optimizer(spec, fused=True)
+    fused.load_state_dict(unfused.state_dict())
+    assert not any(g["fused"] for g in fused.param_groups)
+    keep_fused(fused)
+    assert all(g["fused"] for g in fused.param_groups)
+    keep_fused(unfused)
+    assert not any(g["fused"] for g in unfused.param_groups)
 
 
 def test_fused_adamw_takes_the_default_adamw_steps():

@@ -1,4 +1,5 @@
 """Crash safety: SIGKILL/SIGTERM mid-run, resume bit-identically, raise steps, config changes."""
+import json
 import logging
 import shutil
 import signal
@@ -84,15 +85,16 @@ def test_changing_lr_starts_fresh(tmp_path, caplog):
     assert_same_weights(out, tmp_path / "direct", WEIGHTS)
 
 
-def test_a_state_past_the_steps_retrains_to_exactly_the_steps(tmp_path, caplog):
-    """Lowering train.steps below a saved state: the model must be the one of the new steps (the old
-    behaviour exported the longer run's weights under the shorter config), as a fresh run gives it."""
-    caplog.set_level(logging.INFO)
+def test_a_state_past_the_steps_stops_with_what_to_do_and_keeps_the_state(tmp_path):
+    """Lowering train.steps below a saved state: its weights are not the model of the new steps (the old
+    behaviour exported them under the shorter config), and deleting the state must be the user's choice."""
     out, fresh = tmp_path / "run", tmp_path / "fresh"
     train(out, steps=20)
-    result = train(out, steps=10)
-    assert result["resumed_from"] == 0 and result["steps_run"] == 10
-    assert "starting fresh: the saved state is past train.steps=10" in caplog.text
+    with pytest.raises(ValueError, match=r"holds step 20, past train.steps=10.*delete .*state"):
+        train(out, steps=10)
+    assert json.loads((out / "state" / "meta.json").read_text())["step"] == 20
+    shutil.rmtree(out / "state")
+    train(out, steps=10)
     train(fresh, steps=10)
     shortened, reference = load_file(out / "model" / "model.safetensors"), load_file(fresh / "model" / "model.safetensors")
     assert all(torch.equal(shortened[k], reference[k]) for k in reference)

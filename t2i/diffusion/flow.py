@@ -58,9 +58,9 @@ def sample(model: Denoiser, noise: torch.Tensor, cond_emb: torch.Tensor, uncond_
     ``[D]`` or ``[N, D]`` (the empty-prompt features). ``steps`` uniform steps; ``heun``
     uses Euler for the last step (``2 * steps - 1`` evaluations), ``euler`` uses ``steps``.
     Inside the CFG interval the conditional and unconditional passes share one batched
-    call; outside it the unconditional pass is skipped. The time grid stays on the host
-    (float32, the same values on any device): choosing the guidance never waits for the
-    device, so a GPU runs the solver's calls back to back.
+    call; outside it the unconditional pass is skipped. Guidance is chosen from a host copy
+    of the time grid (reading a device scalar every step made the host wait for the GPU);
+    the arithmetic uses a device copy made once.
     """
     if method not in ("heun", "euler"):
         raise ValueError(f"unknown sampling method {method!r} (heun or euler)")
@@ -69,20 +69,22 @@ def sample(model: Denoiser, noise: torch.Tensor, cond_emb: torch.Tensor, uncond_
     n = noise.shape[0]
     uncond_emb = uncond_emb.expand_as(cond_emb)
 
-    def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not _guided(t, cfg, interval_min, interval_max):
-            return _velocity(model(z, torch.full((n,), float(t), device=z.device), cond_emb), z, t, t_eps)
+    def velocity(z: torch.Tensor, i: int) -> torch.Tensor:
+        t = ts_device[i]
+        if not _guided(ts[i], cfg, interval_min, interval_max):
+            return _velocity(model(z, t.expand(n), cond_emb), z, t, t_eps)
         zz = torch.cat([z, z])
-        x_pred = model(zz, torch.full((2 * n,), float(t), device=z.device), torch.cat([cond_emb, uncond_emb]))
+        x_pred = model(zz, t.expand(2 * n), torch.cat([cond_emb, uncond_emb]))
         v_cond, v_uncond = _velocity(x_pred, zz, t, t_eps).chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
     z = noise.float() * noise_scale
     ts = torch.linspace(0.0, 1.0, steps + 1)
+    ts_device = ts.to(noise.device)
     for i in range(steps):
-        t, t_next = ts[i], ts[i + 1]
-        v = velocity(z, t)
+        dt = ts_device[i + 1] - ts_device[i]
+        v = velocity(z, i)
         if method == "heun" and i < steps - 1:
-            v = 0.5 * (v + velocity(z + (t_next - t) * v, t_next))
-        z = z + (t_next - t) * v
+            v = 0.5 * (v + velocity(z + dt * v, i + 1))
+        z = z + dt * v
     return z

@@ -51,6 +51,15 @@ def expand_prompts(prompts: list[dict], num_images: int | None, seed: int) -> li
              "seed": seed + i, "file": f"{i:06d}.png"} for i in range(n)]
 
 
+PNG_LEVEL = 1  # zlib level of samples: the same pixels as level 6 in files ~15% larger, encoded in less than half
+# the time (6 vs 14 ms for a 256-px image), time the host spends beside the GPU
+
+
+def _threads(most: int) -> int:
+    """Threads for host work beside the generation: at most ``most``, no more than the job's CPUs."""
+    return max(1, min(most, len(os.sched_getaffinity(0))))
+
+
 def row_noise(rows: list[dict], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
     """``[len(rows), *shape]`` standard normal noise, row ``r`` drawn from a CPU generator seeded by ``r["seed"]``
     (the same numbers on any machine). Rows are drawn in threads: one thread took 0.3-0.6 s per 128 images
@@ -58,7 +67,7 @@ def row_noise(rows: list[dict], shape: tuple[int, ...], device: torch.device | s
     def draw(row: dict) -> torch.Tensor:
         return torch.randn(shape, generator=torch.Generator().manual_seed(row["seed"]))
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(rows), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=_threads(min(8, len(rows)))) as pool:
         return torch.stack(list(pool.map(draw, rows))).to(device)
 
 
@@ -81,9 +90,9 @@ def run_sampling(exp: dict, prompts: list[dict], out_dir: str | Path,
     start = time.time()
     s, out_dir = exp["sample"], Path(out_dir)
     rows = expand_prompts(prompts, s["num_images"], s["seed"])
-    # PNG encoding (zlib, outside the GIL) runs in threads while the next batch generates; a batch's files are
-    # waited for after the next batch, so at most two batches of pixels are held.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as writer:
+    # PNG encoding runs in threads while the next batch generates; a batch's files are waited for after the
+    # next batch, so at most two batches of pixels are held.
+    with ThreadPoolExecutor(max_workers=_threads(8)) as writer:
         pending: list[Future] = []
         for first in tqdm(range(0, len(rows), s["gen_bsz"]), desc="sampling", unit="batch"):
             batch = rows[first:first + s["gen_bsz"]]
@@ -91,13 +100,13 @@ def run_sampling(exp: dict, prompts: list[dict], out_dir: str | Path,
                 out = generate_batch(batch)
             writes = []
             for i, (row, img) in enumerate(zip(batch, tensor_to_uint8(out.images))):
-                writes.append(writer.submit(save_png, img, out_dir / row["file"]))
+                writes.append(writer.submit(save_png, img, out_dir / row["file"], PNG_LEVEL))
                 if out.info is not None:
                     row.update(out.info[i])
             for name, pictures in out.extras.items():
                 for row, img in zip(batch, tensor_to_uint8(pictures)):
                     rel = f"extras/{name}/{row['file']}"
-                    writes.append(writer.submit(save_png, img, out_dir / rel))
+                    writes.append(writer.submit(save_png, img, out_dir / rel, PNG_LEVEL))
                     row.setdefault("extras", {})[name] = rel
             for done in pending:
                 done.result()  # raises a failed write here

@@ -109,6 +109,14 @@ def _build_optimizer(spec: OptimizerSpec, fused: bool = False) -> tuple[torch.op
     return optimizer, mults
 
 
+def keep_fused(optimizer: torch.optim.Optimizer) -> None:
+    """A fused optimizer stays fused after loading a state: ``load_state_dict`` takes every group's flags from
+    the saved state, and one saved unfused (on a CPU, or before fusing) would turn the fused kernel off."""
+    if optimizer.defaults.get("fused"):
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, None
+
+
 def _describe(task: TrainTask) -> dict:
     """The task's part of the resume identity: its own ``identity``, optimizer specs and EMAs."""
     optimizers = {}
@@ -379,6 +387,8 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
 
     state = StateDir(out_dir, acc, tensors=_StateTensors(emas, buffers))
     start, rows = state.restore(ident, steps)
+    for optimizer, _ in built.values():
+        keep_fused(optimizer)
     if acc.is_main_process:
         _clean_outputs(out_dir, start, steps)
 
@@ -404,7 +414,8 @@ def run_training(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: dict, 
             for done, batch in enumerate(loader, start=start + 1):  # done: optimizer steps after this one
                 ctx.begin(done - 1)
                 # pinned batches copy asynchronously: no wait for the previous step before launching this one
-                scalars = task.step(send_to_device(batch, acc.device, non_blocking=True), done - 1, ctx)
+                scalars = task.step(send_to_device(batch, acc.device, non_blocking=acc.device.type == "cuda"),
+                                    done - 1, ctx)
                 emas.update(raw, done - 1)
                 metrics.add(scalars)
                 progress.update(1)

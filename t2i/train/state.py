@@ -154,13 +154,16 @@ class StateDir:
         if meta is None:
             log.info(f"starting fresh: no saved state in {self.path}")
             return 0, []
-        if meta["fingerprint"] != config_hash(ident) or meta["step"] > steps:
-            why = (_why_different(meta['identity'], ident) if meta["fingerprint"] != config_hash(ident) else
-                   f"the saved state is past train.steps={steps}, and its weights are not the model of {steps} steps "
-                   "(data order and noise are keyed by step: the retrained run is the one a fresh start gives)")
-            log.warning(f"starting fresh: {why}; discarding the saved state (step {meta['step']})")
+        if meta["fingerprint"] != config_hash(ident):
+            log.warning(f"starting fresh: {_why_different(meta['identity'], ident)}; "
+                        f"discarding the saved state (step {meta['step']})")
             self.discard()
             return 0, []
+        if meta["step"] > steps:
+            raise ValueError(f"{self.path} holds step {meta['step']}, past train.steps={steps}: its weights are not "
+                             f"the model of {steps} steps. Raise train.steps to {meta['step']} or more to continue it, "
+                             f"or delete {self.path} to train {steps} steps from scratch (a fresh run gives the same "
+                             "model as the first part of the longer one)")
         try:
             self.acc.load_state(str(self.path))
             if self.tensors is not None:
