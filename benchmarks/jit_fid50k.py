@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from eval_speed import random_inception
-from jit_gpu import ROOT, _write_raw_item, sync, write_text_encoder
+from jit_gpu import ROOT, sync, write_item, write_text_encoder
 
 EXPERIMENT = "jit_b16_coco256"
 FULL = 50_000
@@ -38,20 +38,13 @@ FULL = 50_000
 
 def write_test_split(root: Path, n: int) -> Path:
     """A caption-dir dataset whose ``test`` prompt set is ``n`` captions with a 256-px reference image each."""
-    from PIL import Image
-
     from t2i.utils.atomic import atomic_write_jsonl
 
-    raw = root / "raw"
-    (raw / "images").mkdir(parents=True)
-    (raw / "captions").mkdir()
+    (root / "images").mkdir(parents=True)
+    (root / "captions").mkdir()
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: _write_raw_item(raw, i, 256), range(n)))
-    (root / "images").mkdir()
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: Image.open(raw / "images" / f"{i:06d}.jpg").save(root / "images" / f"{i:06d}.png",
-                                                                                  compress_level=1), range(n)))
-    prompts = [{"id": f"{i:06d}", "prompt": (raw / "captions" / f"{i:06d}.txt").read_text().strip(),
+        list(pool.map(lambda i: write_item(root, i, 256, suffix=".png"), range(n)))
+    prompts = [{"id": f"{i:06d}", "prompt": (root / "captions" / f"{i:06d}.txt").read_text().strip(),
                 "reference": f"{i:06d}", "spec": None} for i in range(n)]
     atomic_write_jsonl(root / "prompts" / "test.jsonl", prompts)
     return root

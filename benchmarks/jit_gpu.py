@@ -106,16 +106,17 @@ def write_raw_dataset(root: Path, n: int, size: int) -> None:
     (root / "images").mkdir(parents=True)
     (root / "captions").mkdir()
     with ThreadPoolExecutor(8) as pool:  # threads: forking a process that holds CUDA can deadlock
-        list(pool.map(_write_raw_item, [root] * n, range(n), [size] * n, chunksize=64))
+        list(pool.map(write_item, [root] * n, range(n), [size] * n))
 
 
-def _write_raw_item(root: Path, i: int, size: int) -> None:
+def write_item(root: Path, i: int, size: int, suffix: str = ".jpg") -> None:
+    """Picture ``i`` (``images/<i>.jpg`` or ``.png``) and its caption (``captions/<i>.txt``) under ``root``."""
     from PIL import Image
 
     rng = np.random.default_rng(i)
     coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
     pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-6, 7, (size, size, 3))
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i:06d}.jpg", quality=95)
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{i:06d}{suffix}", quality=95)
     (root / "captions" / f"{i:06d}.txt").write_text(" ".join(rng.choice(WORDS, size=int(rng.integers(6, 16)))) + "\n")
 
 
@@ -331,9 +332,7 @@ def seed(preset: str, seed_dir: Path, device: torch.device, args) -> dict:
         model = denoiser.Denoiser(sa)
     model.ema_params1 = copy.deepcopy(list(model.parameters()))
     model.ema_params2 = copy.deepcopy(list(model.parameters()))
-    params = [{"params": [p for p in model.parameters() if p.requires_grad and p.ndim == 1], "weight_decay": 0.0},
-              {"params": [p for p in model.parameters() if p.requires_grad and p.ndim > 1], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(params, lr=sa.lr, betas=(0.9, 0.95))
+    optimizer = _seed_optimizer(model, sa)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, generator=g)
     tokens = torch.randint(2, 99584, (batch, 77), generator=g)
@@ -354,11 +353,18 @@ def seed(preset: str, seed_dir: Path, device: torch.device, args) -> dict:
     model.net.y_embedder = _PooledText(model.net.y_embedder.projection)
     model.ema_params1 = copy.deepcopy(list(model.parameters()))
     model.ema_params2 = copy.deepcopy(list(model.parameters()))
-    optimizer = torch.optim.AdamW([p for p in model.parameters()], lr=sa.lr, betas=(0.9, 0.95))
+    optimizer = _seed_optimizer(model, sa)
     torch.cuda.empty_cache()
     pooled = torch.randn(batch, LLM_JP_3_3_7B["hidden_size"], generator=g)
     out["train_ips_text_precomputed"] = train_ips([(images, pooled, mask[:, :1])] * (args.seed_steps + 5), skip=5)
     return out
+
+
+def _seed_optimizer(model, sa: argparse.Namespace) -> torch.optim.Optimizer:
+    """main_jit.py's optimizer: its own weight-decay groups (trainable parameters only), AdamW betas (0.9, 0.95)."""
+    from util import misc
+
+    return torch.optim.AdamW(misc.add_weight_decay(model, sa.weight_decay), lr=sa.lr, betas=(0.9, 0.95))
 
 
 def _seed_sample_ips(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:

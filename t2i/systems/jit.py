@@ -76,10 +76,9 @@ class JiTTask:
         text, image = batch["text"], batch["image"]
         if image.dtype == torch.uint8:
             image = to_signed_unit(image)
-        if self.empty.device != text.device:  # once: a pageable copy every step would wait for the GPU
-            self.empty = self.empty.to(text.device)
+        self.empty = self.empty.to(text)  # copied once: a pageable copy every step would wait for the GPU
         drop = torch.rand(text.shape[0], device=text.device) < self.m["cond_dropout"]
-        text = torch.where(drop[:, None], self.empty.to(text), text)
+        text = torch.where(drop[:, None], self.empty, text)
         loss = jit_loss(ctx.module(NETWORK), image, text, P_mean=self.m["P_mean"], P_std=self.m["P_std"],
                         noise_scale=self.m["noise_scale"], t_eps=self.m["t_eps"])
         ctx.backward(loss)
